@@ -1,0 +1,1 @@
+"""The kubemeter API: pydantic models that are the single source of truth for the CRDs."""

@@ -1,0 +1,1 @@
+"""Subcommands of the `kubemeter` CLI, one module each (see `kubemeter_operator.cli`)."""

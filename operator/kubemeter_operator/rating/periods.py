@@ -1,0 +1,109 @@
+"""Billing periods (calendar months, UTC) and exact splitting of usage across them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from kubemeter_operator.api.usage import GpuUsage, UsageRecord
+
+_PERIOD_RE = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
+_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, order=True)
+class Period:
+    """A calendar month in UTC: [start, end)."""
+
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str) -> Period:
+        match = _PERIOD_RE.match(text)
+        if not match:
+            raise ValueError(f"period: {text!r} is not of the form YYYY-MM")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @classmethod
+    def of(cls, instant: datetime) -> Period:
+        if instant.tzinfo is None:
+            raise ValueError("timestamps must carry a time zone")
+        utc = instant.astimezone(UTC)
+        return cls(utc.year, utc.month)
+
+    @property
+    def start(self) -> datetime:
+        return datetime(self.year, self.month, 1, tzinfo=UTC)
+
+    @property
+    def end(self) -> datetime:
+        return self.next().start
+
+    def next(self) -> Period:
+        return Period(self.year + self.month // 12, self.month % 12 + 1)
+
+    def previous(self) -> Period:
+        return Period(self.year - (self.month == 1), (self.month - 2) % 12 + 1)
+
+    @property
+    def days(self) -> list[date]:
+        first = self.start.date()
+        return [first + timedelta(days=i) for i in range((self.end - self.start).days)]
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+
+def _share(total: int, part_ms: int, whole_ms: int) -> int:
+    return total * part_ms // whole_ms
+
+
+def split_gpu_window(record: GpuUsage) -> list[tuple[Period, GpuUsage]]:
+    """Split a GPU window at period boundaries, exactly and conserving every millisecond.
+
+    Allocated and active milliseconds are shared in proportion to the wall time each part
+    covers (integer division); the last part takes the remainder, so parts sum to the whole.
+    """
+    start, end = record.window_start.astimezone(UTC), record.window_end.astimezone(UTC)
+    first, last = Period.of(start), Period.of(end - _MS)
+    if first == last:
+        return [(first, record)]
+    whole_ms = (end - start) // _MS
+    parts: list[tuple[Period, GpuUsage]] = []
+    period, cursor = first, start
+    alloc_left, active_left = record.allocated_ms, record.active_ms
+    while True:
+        part_end = min(period.end, end)
+        if part_end >= end:
+            alloc, active = alloc_left, active_left
+        else:
+            part_ms = (part_end - cursor) // _MS
+            alloc = _share(record.allocated_ms, part_ms, whole_ms)
+            active = min(_share(record.active_ms, part_ms, whole_ms), alloc)
+        alloc_left -= alloc
+        active_left -= active
+        parts.append(
+            (
+                period,
+                record.model_copy(
+                    update={
+                        "window_start": cursor,
+                        "window_end": part_end,
+                        "allocated_ms": alloc,
+                        "active_ms": active,
+                    }
+                ),
+            )
+        )
+        if part_end >= end:
+            return parts
+        period, cursor = period.next(), part_end
+
+
+def split_by_period(record: UsageRecord) -> list[tuple[Period, UsageRecord]]:
+    """The parts of a record that fall into each period (instant records never split)."""
+    if isinstance(record, GpuUsage):
+        return list(split_gpu_window(record))
+    return [(Period.of(record.at), record)]
