@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from decimal import Decimal
+from decimal import MAX_PREC, Decimal, localcontext
 
 from kubemeter_operator.api.usage import (
     CustomUsage,
@@ -48,8 +48,11 @@ class Quantities:
     custom: Decimal = Decimal(0)
 
     def add(self, other: Quantities) -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        # Exact: the default decimal context (28 digits) would round a long custom sum.
+        with localcontext() as ctx:
+            ctx.prec = MAX_PREC
+            for f in fields(self):
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 UsageTotals = dict[UsageKey, Quantities]

@@ -6,25 +6,26 @@ from __future__ import annotations
 import subprocess
 import sys
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-from support.invalid_objects import INVALID_CASES, InvalidCase, valid_priceplan, valid_tenant
-from support.paths import CRDS_DIR, REPO_ROOT
-
 from kubemeter_operator import crdgen
 from kubemeter_operator.api.priceplan import PricePlan
 from kubemeter_operator.api.tenant import Tenant
+from pydantic import ValidationError
+from support.invalid_objects import INVALID_CASES, InvalidCase, valid_priceplan, valid_tenant
+from support.paths import REPO_ROOT
 
 
-def test_checked_in_crds_match_the_generator() -> None:
-    assert crdgen.stale(CRDS_DIR) == [], "crds/ drifted from the models: run `kubemeter crds`"
+@pytest.mark.parametrize("directory", crdgen.DEFAULT_DIRS, ids=str)
+def test_checked_in_crds_match_the_generator(directory: Path) -> None:
+    assert crdgen.stale(REPO_ROOT / directory) == [], (
+        f"{directory} drifted from the models: run `kubemeter crds`"
+    )
 
 
-def test_stale_detects_a_hand_edit(tmp_path: object) -> None:
-    from pathlib import Path
-
-    out = Path(str(tmp_path))
+def test_stale_detects_a_hand_edit(tmp_path: Path) -> None:
+    out = tmp_path
     crdgen.write_all(out)
     assert crdgen.stale(out) == []
     victim = out / crdgen.file_name(crdgen.TENANT)
@@ -36,7 +37,8 @@ def test_valid_objects_parse_with_exact_decimals() -> None:
     plan = PricePlan.model_validate(valid_priceplan())
     assert plan.spec.platform_fee == Decimal("100.00")
     tiers = plan.spec.meters[0].pricing.tiers
-    assert tiers is not None and tiers[1].flat_fee == Decimal(10)
+    assert tiers is not None
+    assert tiers[1].flat_fee == Decimal(10)
     tenant = Tenant.model_validate(valid_tenant())
     assert tenant.spec.discount_percent == Decimal(5)
     # the wire form keeps decimals as strings
@@ -83,5 +85,6 @@ def test_stdlib_operator_is_not_shadowed() -> None:
         text=True,
         check=True,
     ).stdout.strip()
-    assert "site-packages" not in out and not out.startswith(str(REPO_ROOT / "operator"))
+    assert "site-packages" not in out
+    assert not out.startswith(str(REPO_ROOT / "operator"))
     assert out.endswith("operator.py")

@@ -1,0 +1,129 @@
+"""The statement of one tenant's period: pydantic models, JSON with decimals as strings.
+
+Money fields are rounded half-up to the currency's minor unit. `amountExact` and the
+billing-unit quantities are exact values for audit (a non-terminating value, such as 1 ms in
+gpu-hours, is shown with 50 significant digits). The identities the tests hold:
+
+- subtotal = platformFee + sum(line.amount)
+- discount = round_half_up(subtotal × discountPercent / 100)
+- total = subtotal − discount  (so the total is always the sum of rounded lines)
+- cost = sum(line.cost), margin = total − cost
+"""
+
+from __future__ import annotations
+
+from pydantic import AwareDatetime, Field
+
+from kubemeter_operator.api.priceplan import BillingUnit, GpuBasis, MeterKind, PricingModel
+from kubemeter_operator.api.tenant import MeterUsage
+from kubemeter_operator.api.types import ApiModel, Dec, Percent, SignedDec
+from kubemeter_operator.rating.periods import Period
+
+
+class TierLine(ApiModel):
+    """What one tier of a graduated or volume meter charged."""
+
+    tier: int = Field(ge=0)
+    """Index of the tier in the plan (0-based)."""
+    units: Dec
+    """Billing units this tier priced."""
+    unit_price: Dec
+    amount: Dec
+    """units × unitPrice, exact (the flat fee is separate)."""
+    flat_fee: Dec
+    """The tier's flat fee, charged because the tier was reached (graduated) or matched
+    (volume)."""
+
+
+class StatementLine(ApiModel):
+    """One meter's charge for the period."""
+
+    meter: str
+    display_name: str | None = None
+    kind: MeterKind
+    unit: BillingUnit
+    basis: GpuBasis | None = None
+    """gpuTime meters: which milliseconds were counted."""
+    pricing_model: PricingModel
+    quantity: Dec
+    """Usage in base units (GPU ms after any MIG share, tokens, steps, requests, custom)."""
+    billed_quantity: Dec
+    """Usage in the meter's billing unit (quantity / base units per billing unit)."""
+    included: Dec
+    """Billing units included per period."""
+    billable: Dec
+    """max(0, billedQuantity − included)."""
+    tiers: list[TierLine] = Field(default_factory=list)
+    packages: int | None = None
+    """package pricing: packages charged (every started package)."""
+    amount_exact: Dec
+    """The charge before rounding."""
+    amount: Dec
+    """The charge rounded half-up to the currency's minor unit."""
+    unit_cost: Dec | None = None
+    cost: Dec | None = None
+    """billedQuantity × unitCost, rounded (included units cost you too)."""
+
+
+class UnpricedUsage(ApiModel):
+    """Usage that no meter of the plan prices (reported, never dropped)."""
+
+    kind: str
+    model: str | None = None
+    mig_profile: str | None = None
+    name: str | None = None
+    quantities: dict[str, Dec]
+    """Base units by quantity name (allocatedMs, activeMs, promptTokens (uncached only),
+    cachedPromptTokens, completionTokens, steps, requests, custom)."""
+    reason: str
+
+
+class Statement(ApiModel):
+    """A rated period: every line rounded, the total the sum of the rounded lines."""
+
+    currency: str
+    period: str = Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+    period_start: AwareDatetime
+    period_end: AwareDatetime
+    platform_fee: Dec
+    lines: list[StatementLine] = Field(default_factory=list)
+    subtotal: Dec
+    discount_percent: Percent
+    discount: Dec
+    total: Dec
+    cost: Dec
+    """Sum of the meters' costs (COGS)."""
+    margin: SignedDec
+    """total − cost; negative when you sell below cost."""
+    unpriced: list[UnpricedUsage] = Field(default_factory=list)
+
+    @property
+    def billing_period(self) -> Period:
+        return Period.parse(self.period)
+
+    def line(self, meter: str) -> StatementLine:
+        """The line of a meter, by name."""
+        for line in self.lines:
+            if line.meter == meter:
+                return line
+        raise KeyError(meter)
+
+    def meter_usages(self) -> list[MeterUsage]:
+        """The statement's lines as the Tenant status `meters` list."""
+        return [
+            MeterUsage(
+                name=line.meter,
+                kind=line.kind,
+                unit=line.unit,
+                quantity=line.quantity,
+                billed_quantity=line.billed_quantity,
+                included=line.included,
+                billable=line.billable,
+                charge=line.amount,
+            )
+            for line in self.lines
+        ]
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """JSON with camelCase keys and every decimal as a string."""
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=indent)
