@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # tests/support/cluster.py
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEVCLUSTER_PATH = REPO_ROOT / "hack" / "devcluster.py"
 _MODULE_NAME = "kubemeter_devcluster"
 
@@ -129,7 +129,9 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
 
     cluster_dir = tmp_path_factory.mktemp("devcluster")
     try:
-        started = devcluster.start(cluster_dir, controllers=True, gpu_nodes=2, gpus_per_node=8)
+        started = devcluster.start(
+            cluster_dir, controllers=True, gpu_nodes=2, gpus_per_node=8, die_with_parent=True
+        )
     except devcluster.DevClusterError as exc:
         pytest.fail(f"could not start the dev cluster in {cluster_dir}: {exc}", pytrace=False)
     try:
