@@ -63,40 +63,37 @@ def _share(total: int, part_ms: int, whole_ms: int) -> int:
 def split_gpu_window(record: GpuUsage) -> list[tuple[Period, GpuUsage]]:
     """Split a GPU window at period boundaries, exactly and conserving every millisecond.
 
-    Allocated and active milliseconds are shared in proportion to the wall time each part
-    covers (integer division); the last part takes the remainder, so parts sum to the whole.
+    Active and idle (allocated − active) milliseconds are each shared in proportion to the
+    wall time a part covers (integer division, the last part takes the remainder); a part's
+    allocated time is its active plus idle time. So the parts sum to the whole and every
+    part keeps active <= allocated.
     """
     start, end = record.window_start.astimezone(UTC), record.window_end.astimezone(UTC)
     first, last = Period.of(start), Period.of(end - _MS)
     if first == last:
         return [(first, record)]
     whole_ms = (end - start) // _MS
+    idle_total = record.allocated_ms - record.active_ms
     parts: list[tuple[Period, GpuUsage]] = []
     period, cursor = first, start
-    alloc_left, active_left = record.allocated_ms, record.active_ms
+    active_left, idle_left = record.active_ms, idle_total
     while True:
         part_end = min(period.end, end)
         if part_end >= end:
-            alloc, active = alloc_left, active_left
+            active, idle = active_left, idle_left
         else:
             part_ms = (part_end - cursor) // _MS
-            alloc = _share(record.allocated_ms, part_ms, whole_ms)
-            active = min(_share(record.active_ms, part_ms, whole_ms), alloc)
-        alloc_left -= alloc
+            active = _share(record.active_ms, part_ms, whole_ms)
+            idle = _share(idle_total, part_ms, whole_ms)
         active_left -= active
-        parts.append(
-            (
-                period,
-                record.model_copy(
-                    update={
-                        "window_start": cursor,
-                        "window_end": part_end,
-                        "allocated_ms": alloc,
-                        "active_ms": active,
-                    }
-                ),
-            )
-        )
+        idle_left -= idle
+        update = {
+            "window_start": cursor,
+            "window_end": part_end,
+            "allocated_ms": active + idle,
+            "active_ms": active,
+        }
+        parts.append((period, record.model_copy(update=update)))
         if part_end >= end:
             return parts
         period, cursor = period.next(), part_end

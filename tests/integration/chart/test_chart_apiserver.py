@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 import yaml
+
 from support.cluster import KubeCluster, load_devcluster
 from support.paths import REPO_ROOT
 

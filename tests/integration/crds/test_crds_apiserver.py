@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from support.cluster import KubeCluster
 from support.invalid_objects import INVALID_CASES, InvalidCase, valid_priceplan, valid_tenant
 from support.paths import CRDS_DIR, EXAMPLES_DIR

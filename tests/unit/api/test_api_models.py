@@ -9,10 +9,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from kubemeter_operator import crdgen
 from kubemeter_operator.api.priceplan import PricePlan
 from kubemeter_operator.api.tenant import Tenant
-from pydantic import ValidationError
+
 from support.invalid_objects import INVALID_CASES, InvalidCase, valid_priceplan, valid_tenant
 from support.paths import REPO_ROOT
 

@@ -11,6 +11,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import USAGE_LIST, UsageRecord
 from kubemeter_operator.errors import InputError

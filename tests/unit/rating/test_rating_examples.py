@@ -50,6 +50,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
 from kubemeter_operator.api.files import load_priceplan, load_tenant, load_usage
 from kubemeter_operator.cli import main
 from kubemeter_operator.rating import Period, accumulate, rate

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from kubemeter_operator.api.errors import format_validation_error, input_error, join_path
 from kubemeter_operator.api.priceplan import PricePlan, PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.api.usage import USAGE_LIST
-from pydantic import ValidationError
 
 
 def meter(**over: Any) -> dict[str, Any]:

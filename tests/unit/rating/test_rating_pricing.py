@@ -6,6 +6,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 import pytest
+
 from kubemeter_operator.api.priceplan import Pricing
 from kubemeter_operator.rating.pricing import (
     packages_needed,

@@ -9,6 +9,7 @@ from itertools import pairwise
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from kubemeter_operator.api.priceplan import PricePlanSpec, Pricing, Tier
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage, UsageRecord
 from kubemeter_operator.rating import Period, Quantities, UsageKey, accumulate, price, rate

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubemeter_operator.cli import main
 from kubemeter_operator.commands.quote import default_period
 from kubemeter_operator.rating import Period

@@ -1,0 +1,87 @@
+"""`kubemeter invoice`: a tenant's statement for a period, from the ledger.
+
+    kubemeter invoice TENANT --period YYYY-MM [--db URL] [--format json|csv|table]
+
+Prints the finalised statement if the period is closed, else the running statement (the
+period's usage so far rated with the tenant's recorded terms), marked as such. The ledger is
+--db, else $KUBEMETER_DB, else sqlite:///kubemeter-ledger.db in the current directory
+(a file path or a SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB).
+CSV has one row per line item (meters, platform fee, discount, total).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from typing import Any
+
+from kubemeter_operator.api.types import format_decimal
+from kubemeter_operator.commands.quote import render_table
+from kubemeter_operator.errors import InputError
+from kubemeter_operator.ledger import Ledger
+from kubemeter_operator.ledger.engine import resolve_url
+from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.rating.statement import Statement
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "invoice",
+        help="print a tenant's period statement from the ledger",
+        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("tenant", metavar="TENANT")
+    parser.add_argument("--period", required=True, metavar="YYYY-MM")
+    parser.add_argument("--db", metavar="URL", help="ledger URL (default: $KUBEMETER_DB or "
+                        "sqlite:///kubemeter-ledger.db)")  # fmt: skip
+    parser.add_argument("--format", choices=("json", "csv", "table"), default="table")
+    parser.set_defaults(run=run)
+
+
+def parse_period(text: str, flag: str = "--period") -> Period:
+    try:
+        return Period.parse(text)
+    except ValueError:
+        raise InputError(flag, f"{text!r} is not of the form YYYY-MM") from None
+
+
+def render_csv(statement: Statement, tenant: str, final: bool) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    status = "final" if final else "running"
+    w.writerow(["tenant", "period", "status", "currency", "item", "meter", "unit", "quantity",
+                "billed_quantity", "included", "billable", "amount"])  # fmt: skip
+    head = [tenant, statement.period, status, statement.currency]
+    for line in statement.lines:
+        w.writerow([*head, "meter", line.meter, line.unit.value, format_decimal(line.quantity),
+                    format_decimal(line.billed_quantity), format_decimal(line.included),
+                    format_decimal(line.billable), format_decimal(line.amount)])  # fmt: skip
+    w.writerow([*head, "platformFee", "", "", "", "", "", "",
+                format_decimal(statement.platform_fee)])  # fmt: skip
+    w.writerow([*head, "subtotal", "", "", "", "", "", "", format_decimal(statement.subtotal)])
+    w.writerow([*head, "discount", "", "", format_decimal(statement.discount_percent), "", "",
+                "", "-" + format_decimal(statement.discount)])  # fmt: skip
+    w.writerow([*head, "total", "", "", "", "", "", "", format_decimal(statement.total)])
+    return out.getvalue().rstrip("\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    period = parse_period(args.period)
+    if not args.tenant:
+        raise InputError("TENANT", "required")
+    with Ledger.open(resolve_url(args.db)) as ledger:
+        statement, final = ledger.statement(args.tenant, period)
+    if args.format == "json":
+        body = json.loads(statement.to_json(indent=None))
+        print(json.dumps({"tenant": args.tenant, "status": "final" if final else "running",
+                          "statement": body}, indent=2))  # fmt: skip
+    elif args.format == "csv":
+        print(render_csv(statement, args.tenant, final))
+    else:
+        print(render_table(statement, tenant=args.tenant))
+        if not final:
+            print("(running statement: the period is not closed)")
+    return 0

@@ -1,0 +1,217 @@
+"""The ledger: an auditable, idempotent store of usage, terms, statements and wallets.
+
+    ledger = Ledger.open("sqlite:///kubemeter-ledger.db")   # or postgresql+psycopg://...
+    ledger.record_events("acme", records)                   # idempotent by event id
+    ledger.period_totals("acme", Period.parse("2026-11"))   # from daily rollups
+    ledger.close()
+
+Every public method is one transaction. Library errors surface as kubemeter errors:
+TransientError (database down or busy: retry), ConflictError (a key reused with a
+different payload), InputError (bad input; nothing written), PermanentError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine
+
+from kubemeter_operator.api.priceplan import PricePlanSpec
+from kubemeter_operator.api.usage import UsageRecord
+from kubemeter_operator.errors import InputError
+from kubemeter_operator.ledger import migrations, queries, statements, usage, wallets
+from kubemeter_operator.ledger.dberrors import wrapped
+from kubemeter_operator.ledger.engine import DEFAULT_URL, READONLY, make_engine
+from kubemeter_operator.ledger.statements import Terms
+from kubemeter_operator.ledger.usage import RecordResult, UsageWindow
+from kubemeter_operator.ledger.wallets import BurnResult, WalletBalance
+from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.rating.statement import Statement
+from kubemeter_operator.rating.totals import UsageTotals
+
+__all__ = [
+    "DEFAULT_URL",
+    "BurnResult",
+    "Ledger",
+    "RecordResult",
+    "Terms",
+    "UsageWindow",
+    "WalletBalance",
+]
+
+T = TypeVar("T")
+
+
+class Ledger:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] | None = None) -> None:
+        self.engine = engine
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str = DEFAULT_URL, *, migrate: bool = True) -> Ledger:
+        """Connect, creating the ledger or upgrading its schema in place to the head."""
+        engine = make_engine(url)
+        try:
+            if migrate:
+                with wrapped("migrate"):
+                    migrations.migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def schema_version(self) -> int:
+        return self._read("schema version", migrations.current_version)
+
+    @contextmanager
+    def _write_tx(self, what: str) -> Iterator[Connection]:
+        with wrapped(what), self.engine.begin() as conn:
+            yield conn
+
+    def _read(self, what: str, fn: Callable[[Connection], T]) -> T:
+        with (
+            wrapped(what),
+            self.engine.connect().execution_options(**{READONLY: True}) as conn,
+            conn.begin(),
+        ):
+            return fn(conn)
+
+    # -- usage ---------------------------------------------------------------------------
+
+    def record_events(self, tenant: str, records: Sequence[UsageRecord]) -> RecordResult:
+        """Record usage events, idempotent by event id (all of the batch or nothing)."""
+        with self._write_tx("record events") as conn:
+            return usage.record_events(conn, tenant, records, self._clock())
+
+    def record_windows(
+        self,
+        windows: Sequence[UsageWindow],
+        *,
+        checkpoints: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> RecordResult:
+        """Record metering windows (and checkpoints) in one transaction, idempotently."""
+        with self._write_tx("record windows") as conn:
+            return usage.record_windows(conn, windows, checkpoints, self._clock())
+
+    def set_checkpoint(self, name: str, value: Mapping[str, Any]) -> None:
+        with self._write_tx("set checkpoint") as conn:
+            usage.set_checkpoints(conn, {name: value}, self._clock())
+
+    def get_checkpoint(self, name: str) -> dict[str, Any] | None:
+        return self._read("get checkpoint", lambda c: usage.get_checkpoint(c, name))
+
+    # -- totals --------------------------------------------------------------------------
+
+    def period_totals(self, tenant: str, period: Period) -> UsageTotals:
+        return self._read("period totals", lambda c: queries.period_totals(c, tenant, period))
+
+    def all_period_totals(self, period: Period) -> dict[str, UsageTotals]:
+        return self._read("period totals", lambda c: queries.all_period_totals(c, period))
+
+    def daily_totals(
+        self, tenant: str | None, from_day: date, to_day: date
+    ) -> dict[str, dict[date, UsageTotals]]:
+        """Totals per tenant per UTC day in [from_day, to_day] (all tenants if None)."""
+        return self._read(
+            "daily totals", lambda c: queries.daily_totals(c, tenant, from_day, to_day)
+        )
+
+    def tenants(self, period: Period) -> list[str]:
+        """Tenants with usage, terms or a statement in the period."""
+
+        def run(conn: Connection) -> list[str]:
+            names = set(queries.tenants_with_usage(conn, period))
+            names.update(statements.finalized_tenants(conn, period))
+            names.update(statements.terms_tenants(conn, period))
+            return sorted(names)
+
+        return self._read("tenants", run)
+
+    # -- terms and statements ------------------------------------------------------------
+
+    def set_terms(
+        self,
+        tenant: str,
+        period: Period,
+        plan: PricePlanSpec,
+        discount_percent: Decimal = Decimal(0),
+    ) -> None:
+        with self._write_tx("set terms") as conn:
+            statements.set_terms(conn, tenant, period, plan, discount_percent, self._clock())
+
+    def get_terms(self, tenant: str, period: Period) -> Terms | None:
+        return self._read("get terms", lambda c: statements.get_terms(c, tenant, period))
+
+    def finalize_statement(self, tenant: str, period: Period, statement: Statement) -> bool:
+        """Close the period with this statement. True if stored now, False if the same
+        statement already was; a different one raises ConflictError."""
+        with self._write_tx("finalize statement") as conn:
+            return statements.finalize(conn, tenant, period, statement, self._clock())
+
+    def get_statement(self, tenant: str, period: Period) -> Statement | None:
+        """The finalised statement of a closed period (None while it is open)."""
+        return self._read("get statement", lambda c: statements.get(c, tenant, period))
+
+    def running_statement(self, tenant: str, period: Period) -> Statement:
+        """Rate the period's rollup totals with the tenant's recorded terms."""
+        from kubemeter_operator.rating import rate
+
+        def run(conn: Connection) -> tuple[Terms | None, UsageTotals]:
+            return (
+                statements.get_terms(conn, tenant, period),
+                queries.period_totals(conn, tenant, period),
+            )
+
+        terms, totals = self._read("running statement", run)
+        if terms is None:
+            raise InputError(
+                "period",
+                f"no terms (price plan) recorded for tenant {tenant!r} in {period}; "
+                "the operator records them, or use `kubemeter ledger terms`",
+            )
+        return rate(terms.plan, totals, period=period, discount_percent=terms.discount_percent)
+
+    def statement(self, tenant: str, period: Period) -> tuple[Statement, bool]:
+        """The finalised statement if the period is closed, else the running one.
+        Returns (statement, finalised)."""
+        final = self.get_statement(tenant, period)
+        if final is not None:
+            return final, True
+        return self.running_statement(tenant, period), False
+
+    # -- wallets -------------------------------------------------------------------------
+
+    def topup(self, tenant: str, amount: Decimal, currency: str, key: str) -> Decimal:
+        """Add to a prepaid balance; idempotent by key. Returns the balance after it."""
+        with self._write_tx("wallet topup") as conn:
+            return wallets.topup(conn, tenant, amount, currency, key, self._clock())
+
+    def burn(self, tenant: str, amount: Decimal, key: str) -> BurnResult:
+        """Take from a prepaid balance (never below zero); idempotent by key."""
+        with self._write_tx("wallet burn") as conn:
+            return wallets.burn(conn, tenant, amount, key, self._clock())
+
+    def balance(self, tenant: str) -> Decimal:
+        return self.wallet(tenant).balance
+
+    def wallet(self, tenant: str) -> WalletBalance:
+        return self._read("wallet balance", lambda c: wallets.get_balance(c, tenant))

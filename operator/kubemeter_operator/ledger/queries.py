@@ -1,0 +1,64 @@
+"""Usage totals read from the daily rollups (never from the usage rows)."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, Select, select
+
+from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, usage_rollup
+from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.rating.totals import Quantities, UsageKey, UsageTotals
+
+_R = usage_rollup.c
+_COLUMNS = (_R.tenant, _R.day, _R.kind, _R.model, _R.mig_profile, _R.name,
+            *(_R[c] for c in QUANTITY_COLUMNS), _R.custom)  # fmt: skip
+
+
+def _quantities(row: Any) -> Quantities:
+    ints = {name: int(row[6 + i]) for i, name in enumerate(QUANTITY_COLUMNS)}
+    return Quantities(**ints, custom=row[6 + len(QUANTITY_COLUMNS)] or Decimal(0))
+
+
+def _add(totals: UsageTotals, row: Any) -> None:
+    key = UsageKey(row[2], row[3], row[4], row[5])
+    have = totals.get(key)
+    if have is None:
+        totals[key] = _quantities(row)
+    else:
+        have.add(_quantities(row))
+
+
+def period_totals(conn: Connection, tenant: str, period: Period) -> UsageTotals:
+    totals: UsageTotals = {}
+    for row in conn.execute(select(*_COLUMNS).where(_R.tenant == tenant, _R.period == str(period))):
+        _add(totals, row)
+    return totals
+
+
+def all_period_totals(conn: Connection, period: Period) -> dict[str, UsageTotals]:
+    out: dict[str, UsageTotals] = {}
+    for row in conn.execute(select(*_COLUMNS).where(_R.period == str(period))):
+        _add(out.setdefault(row[0], {}), row)
+    return out
+
+
+def daily_totals(
+    conn: Connection, tenant: str | None, from_day: date, to_day: date
+) -> dict[str, dict[date, UsageTotals]]:
+    """Totals per tenant per UTC day, for days in [from_day, to_day] (inclusive)."""
+    query: Select[Any] = select(*_COLUMNS).where(_R.day >= from_day, _R.day <= to_day)
+    if tenant is not None:
+        query = query.where(_R.tenant == tenant)
+    out: dict[str, dict[date, UsageTotals]] = {}
+    for row in conn.execute(query):
+        _add(out.setdefault(row[0], {}).setdefault(row[1], {}), row)
+    return out
+
+
+def tenants_with_usage(conn: Connection, period: Period) -> list[str]:
+    return sorted(
+        conn.execute(select(_R.tenant).where(_R.period == str(period)).distinct()).scalars()
+    )

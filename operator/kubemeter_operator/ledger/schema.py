@@ -1,0 +1,163 @@
+"""The ledger's tables at the head schema version (SQLAlchemy Core).
+
+`migrations.py` creates and upgrades these step by step; a test checks that a database
+migrated from scratch matches this metadata.
+
+- usage_event: one row per event id (events API, `kubemeter ledger record`). The id is the
+  idempotency key; payload_hash tells a replay from a conflicting reuse.
+- usage_window: one row per (tenant, source, series, window_start) from the metering loop.
+- usage_rollup: summed base quantities per (tenant, period, UTC day, usage key), maintained
+  in the same transaction as the usage rows; totals and statements read only these.
+- checkpoint: small JSON values for the metering loop (written with its windows).
+- tenant_terms: the price plan and discount a tenant had for a period, so an invoice can be
+  rated from the ledger alone.
+- statement / statement_line: finalised (immutable) period statements and their lines.
+- wallet / wallet_entry: prepaid balances and their idempotent top-ups and burns.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from kubemeter_operator.ledger.columns import ExactDecimal, UtcTimestamp
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", UtcTimestamp, nullable=False),
+)
+
+usage_event = Table(
+    "usage_event",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("tenant", String(253), nullable=False),
+    Column("at", UtcTimestamp, nullable=False),
+    Column("payload_hash", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("recorded_at", UtcTimestamp, nullable=False),
+    Index("ix_usage_event_tenant_at", "tenant", "at"),
+)
+
+usage_window = Table(
+    "usage_window",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("source", String(200), primary_key=True),
+    Column("series", String(1000), primary_key=True),
+    Column("window_start", UtcTimestamp, primary_key=True),
+    Column("window_end", UtcTimestamp, nullable=False),
+    Column("payload_hash", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("recorded_at", UtcTimestamp, nullable=False),
+)
+
+QUANTITY_COLUMNS = (
+    "allocated_ms",
+    "active_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_prompt_tokens",
+    "steps",
+    "requests",
+)
+"""Integer quantity columns of usage_rollup (plus the decimal `custom`)."""
+
+usage_rollup = Table(
+    "usage_rollup",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("period", String(7), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("mig_profile", String(40), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    *(Column(name, BigInteger, nullable=False) for name in QUANTITY_COLUMNS),
+    Column("custom", ExactDecimal, nullable=False),
+    Index("ix_usage_rollup_period", "period", "tenant"),
+    Index("ix_usage_rollup_day", "day"),
+)
+
+checkpoint = Table(
+    "checkpoint",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UtcTimestamp, nullable=False),
+)
+
+tenant_terms = Table(
+    "tenant_terms",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("period", String(7), primary_key=True),
+    Column("plan", Text, nullable=False),
+    Column("discount_percent", ExactDecimal, nullable=False),
+    Column("updated_at", UtcTimestamp, nullable=False),
+)
+
+statement = Table(
+    "statement",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("period", String(7), primary_key=True),
+    Column("currency", String(3), nullable=False),
+    Column("total", ExactDecimal, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("body_hash", String(64), nullable=False),
+    Column("finalized_at", UtcTimestamp, nullable=False),
+)
+
+statement_line = Table(
+    "statement_line",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("period", String(7), primary_key=True),
+    Column("line_no", Integer, primary_key=True, autoincrement=False),
+    Column("kind", String(16), nullable=False),
+    Column("meter", String(63), nullable=True),
+    Column("quantity", ExactDecimal, nullable=True),
+    Column("amount", ExactDecimal, nullable=False),
+    ForeignKeyConstraint(["tenant", "period"], ["statement.tenant", "statement.period"]),
+)
+
+wallet = Table(
+    "wallet",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("currency", String(3), nullable=True),
+    Column("balance", ExactDecimal, nullable=False),
+    Column("topped_up", ExactDecimal, nullable=False),
+    Column("taken", ExactDecimal, nullable=False),
+    Column("updated_at", UtcTimestamp, nullable=False),
+)
+
+wallet_entry = Table(
+    "wallet_entry",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("key", String(200), primary_key=True),
+    Column("kind", String(8), nullable=False),
+    Column("currency", String(3), nullable=True),
+    Column("amount", ExactDecimal, nullable=False),
+    Column("taken", ExactDecimal, nullable=False),
+    Column("shortfall", ExactDecimal, nullable=False),
+    Column("balance_after", ExactDecimal, nullable=False),
+    Column("created_at", UtcTimestamp, nullable=False),
+    ForeignKeyConstraint(["tenant"], ["wallet.tenant"]),
+)
