@@ -1,0 +1,169 @@
+"""Benchmark: one metering cycle for 10,000 GPU pods across 100 tenants.
+
+A synthetic exporter (a prometheus_client HTTP server in a child process) serves 10,000
+series of each GPU counter with the contract's labels; a real Prometheus scrapes it every
+second; the cycle reads it and writes to a real ledger (SQLite by default, ``--db URL`` for
+PostgreSQL). Prints the cycle time split into Prometheus query, compute and ledger write,
+and the operator process's RSS. Targets (docs/PRODUCT.md): cycle <= 5 s, RSS <= 250 MB.
+
+    .venv/bin/python bench/bench_metering.py [--pods 10000] [--tenants 100] [--db URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def serve(port: int, pods: int, tenants: int) -> None:
+    """The synthetic exporter: counters grow with wall time (allocated = ms since start)."""
+    from prometheus_client import start_http_server
+    from prometheus_client.core import REGISTRY, CounterMetricFamily
+    from prometheus_client.registry import Collector
+
+    from kubemeter_exporter import contract
+
+    t0 = time.time()
+    per_ns = max(1, pods // tenants)
+    labels = [
+        [f"node-{i // 8:03d}", f"GPU-{i:08d}", "NVIDIA H100 80GB HBM3", "",
+         f"ns-{i // per_ns:03d}", f"pod-{i:05d}", f"uid-{i:05d}", "bench"]
+        for i in range(pods)
+    ]  # fmt: skip
+
+    class Synthetic(Collector):
+        def collect(self) -> Iterator[CounterMetricFamily]:
+            ms = int((time.time() - t0) * 1000)
+            alloc = CounterMetricFamily(
+                contract.GPU_ALLOCATED_MS.family, contract.GPU_ALLOCATED_MS.help,
+                labels=contract.COUNTER_LABELS,
+            )  # fmt: skip
+            active = CounterMetricFamily(
+                contract.GPU_ACTIVE_MS.family, contract.GPU_ACTIVE_MS.help,
+                labels=contract.COUNTER_LABELS,
+            )  # fmt: skip
+            for i, lv in enumerate(labels):
+                alloc.add_metric(lv, ms + i)
+                active.add_metric(lv, (ms + i) // 2)
+            yield alloc
+            yield active
+
+    REGISTRY.register(Synthetic())
+    start_http_server(port, addr="127.0.0.1")
+    while True:
+        time.sleep(3600)
+
+
+def rss_mb() -> tuple[float, float]:
+    """(VmRSS, VmHWM) of this process in MB, from /proc/self/status."""
+    values = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, val = line.split(":", 1)
+            values[key] = int(val.split()[0]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pods", type=int, default=10_000)
+    p.add_argument("--tenants", type=int, default=100)
+    p.add_argument("--db", default=None, help="ledger URL (default: a temp SQLite file)")
+    p.add_argument("--cycles", type=int, default=3)
+    p.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve:
+        serve(args.serve, args.pods, args.tenants)
+        return 0
+
+    from kubemeter_operator.api.priceplan import PricePlanSpec
+    from kubemeter_operator.api.tenant import Tenant
+    from kubemeter_operator.ledger import Ledger
+    from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
+    from kubemeter_operator.metering.pods import PodMeta, StaticPodDirectory
+    from kubemeter_operator.metering.prometheus import PrometheusClient
+
+    from support.prometheus import PrometheusServer, free_port
+
+    port = free_port()
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port), "--pods", str(args.pods),
+         "--tenants", str(args.tenants)],
+    )  # fmt: skip
+    tmp = Path(tempfile.mkdtemp(prefix="kubemeter-bench-"))
+    prom = PrometheusServer([f"127.0.0.1:{port}"], data_dir=tmp / "prom")
+    try:
+        prom.start()
+        prom.wait_for_targets(timeout=60)
+        prom.wait_for(
+            "count(kubemeter_gpu_active_milliseconds_total)",
+            lambda r: bool(r) and int(float(r[0]["value"][1])) == args.pods,
+            timeout=60,
+        )
+        per_ns = max(1, args.pods // args.tenants)
+        tenants = [
+            Tenant.model_validate({
+                "metadata": {"name": f"tenant-{t:03d}",
+                             "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"pricePlanRef": {"name": "std"}, "namespaces": [f"ns-{t:03d}"],
+                         **({"podSelector": {"matchLabels": {"team": "x"}}} if t % 2 else {})},
+            })
+            for t in range(args.tenants)
+        ]  # fmt: skip
+        plans = {
+            "std": PricePlanSpec.model_validate({
+                "currency": "USD",
+                "meters": [{"name": "gpu", "kind": "gpuTime", "unit": "gpu-hour",
+                            "pricing": {"model": "flat", "unitPrice": "2"}}],
+            })
+        }  # fmt: skip
+        pods = StaticPodDirectory(
+            PodMeta(f"ns-{i // per_ns:03d}", f"pod-{i:05d}", f"uid-{i:05d}", {"team": "x"})
+            for i in range(args.pods)
+        )
+        url = args.db or f"sqlite:///{tmp / 'ledger.db'}"
+        ledger = Ledger.open(url)
+        config = MeteringConfig(
+            step=timedelta(seconds=2),
+            lag=timedelta(seconds=1),
+            max_window=timedelta(seconds=30),
+            scrape_margin=timedelta(seconds=10),
+        )
+        cycle = MeteringCycle(ledger, PrometheusClient(prom.url), pods, config)
+        print(f"pods={args.pods} tenants={args.tenants} ledger={ledger.dialect}")
+        print(f"{'cycle':>5} {'records':>8} {'total_s':>8} {'query_s':>8} {'compute_s':>9} "
+              f"{'write_s':>8} {'rss_mb':>7} {'peak_mb':>7}")  # fmt: skip
+        done = 0
+        while done < args.cycles:
+            start = time.perf_counter()
+            result = cycle.run(tenants, plans, now=datetime.now(UTC))
+            total = time.perf_counter() - start
+            if result.window is None:
+                time.sleep(0.2)
+                continue
+            done += 1
+            rss, peak = rss_mb()
+            print(
+                f"{done:>5} {result.accepted:>8} {total:>8.3f} {result.query_s:>8.3f} "
+                f"{result.compute_s:>9.3f} {result.write_s:>8.3f} {rss:>7.1f} {peak:>7.1f}"
+            )
+            time.sleep(2.1)
+        ledger.close()
+    finally:
+        prom.close()
+        child.terminate()
+        child.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
