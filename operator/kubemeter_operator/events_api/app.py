@@ -1,0 +1,260 @@
+"""The events API: aiohttp routes.
+
+    POST /v1/events                 a batch of usage records for the authenticated tenant
+    GET  /v1/tenants/{name}/usage   the live statement of the tenant's current period
+    GET  /healthz                   liveness
+
+Every error is a JSON object `{"status": 400, "error": "events[3].promptTokens: ...",
+"field": "events[3].promptTokens", "details": [...]}`. A rejected batch writes nothing (the
+ledger records a batch all-or-nothing, and every check here runs before it is called).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from kubemeter_operator.errors import ConflictError, InputError, TransientError
+from kubemeter_operator.events_api.auth import TokenStore, bearer_token
+from kubemeter_operator.events_api.ports import EventLedger, TenantsProvider
+from kubemeter_operator.events_api.validation import ApiError, parse_batch, parse_json
+from kubemeter_operator.rating.periods import Period
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class EventsApiConfig:
+    max_events: int = 1000
+    """Most records in one batch (413 above)."""
+    max_body_bytes: int = MIB
+    """Largest request body (413 above, decided before the body is parsed)."""
+    retry_after_s: int = 5
+    """Retry-After of a 503 (ledger or token store unavailable)."""
+    ledger_threads: int = 8
+    """Threads for blocking ledger calls (kept off the event loop)."""
+
+
+CONFIG_KEY = web.AppKey("kubemeter_events_api_config", EventsApiConfig)
+_STATE_KEY = web.AppKey("kubemeter_events_api_state", object)
+
+
+@dataclass
+class _State:
+    ledger: EventLedger
+    tokens: TokenStore
+    tenants: TenantsProvider | None
+    config: EventsApiConfig
+    clock: Callable[[], datetime]
+    executor: ThreadPoolExecutor
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a ledger method: awaited if async, else on the API's thread pool."""
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args))
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _state(request: web.Request) -> _State:
+    state = request.app[_STATE_KEY]
+    assert isinstance(state, _State)
+    return state
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _unavailable(state: _State, message: str) -> ApiError:
+    return ApiError(
+        503,
+        message,
+        headers={"Retry-After": str(state.config.retry_after_s)},
+    )
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        response = _json(exc.status, exc.body(), exc.headers)
+        if exc.status == 413:
+            # The body was not read: close rather than drain it for keep-alive.
+            response.force_close()
+        return response
+    except web.HTTPException as exc:
+        if exc.status == 413:
+            return _json(413, {"status": 413, "error": "request body too large"})
+        if exc.status >= 400:
+            return _json(exc.status, {"status": exc.status, "error": exc.reason})
+        raise
+    except Exception:
+        log.exception("events API: %s %s failed", request.method, request.path)
+        return _json(500, {"status": 500, "error": "internal error"})
+
+
+async def _authenticate(request: web.Request, state: _State) -> str:
+    token = bearer_token(request.headers.get("Authorization"))
+    if token is None:
+        raise ApiError(
+            401,
+            "missing bearer token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": 'Bearer realm="kubemeter"'},
+        )
+    try:
+        tenant = await state.tokens.authenticate(token)
+    except TransientError as exc:
+        raise _unavailable(state, f"cannot check tokens right now: {exc}") from exc
+    if tenant is not None and state.tenants is not None and tenant not in state.tenants():
+        tenant = None  # the tenant is gone; its token went with it
+    if tenant is None:
+        raise ApiError(
+            401,
+            "invalid token",
+            headers={"WWW-Authenticate": 'Bearer realm="kubemeter", error="invalid_token"'},
+        )
+    return tenant
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refusing (413) one over `limit` bytes before reading or parsing it."""
+    too_large = ApiError(
+        413,
+        f"body: larger than the limit of {limit} bytes",
+        field="body",
+        extra={"maxBodyBytes": limit},
+    )
+    length = request.content_length
+    if length is not None and length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(64 * 1024)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def post_events(request: web.Request) -> web.Response:
+    state = _state(request)
+    tenant = await _authenticate(request, state)
+    body = await _read_body(request, state.config.max_body_bytes)
+    document = parse_json(body)
+    records = parse_batch(document, tenant=tenant, max_events=state.config.max_events)
+    if not records:
+        return _json(202, {"accepted": 0, "duplicates": 0})
+    try:
+        result = await state.call(state.ledger.record_events, tenant, records)
+    except ConflictError as exc:
+        index = next((i for i, r in enumerate(records) if r.id == exc.key), None)
+        field = f"events[{index}].id" if index is not None else "events"
+        raise ApiError(
+            409,
+            f"{field}: event id {exc.key!r} was already recorded with a different payload",
+            field=field,
+            extra={"id": exc.key},
+        ) from exc
+    except InputError as exc:
+        field = f"events{exc.field}" if exc.field.startswith("[") else exc.field
+        raise ApiError(400, f"{field}: {exc.problem}", field=field or None) from exc
+    except TransientError as exc:
+        log.warning("events API: ledger unavailable: %s", exc)
+        raise _unavailable(state, "the ledger is unavailable; retry later") from exc
+    return _json(202, {"accepted": int(result.accepted), "duplicates": int(result.duplicates)})
+
+
+async def get_usage(request: web.Request) -> web.Response:
+    state = _state(request)
+    tenant = await _authenticate(request, state)
+    name = request.match_info["name"]
+    if name != tenant:
+        raise ApiError(403, f"the token of tenant {tenant!r} cannot read tenant {name!r}")
+    period_text = request.query.get("period")
+    if period_text is None:
+        period = Period.of(state.clock())
+    else:
+        try:
+            period = Period.parse(period_text)
+        except ValueError as exc:
+            raise ApiError(400, str(exc), field="period") from exc
+    try:
+        statement = await state.call(state.ledger.running_statement, tenant, period)
+    except TransientError as exc:
+        raise _unavailable(state, "the ledger is unavailable; retry later") from exc
+    except InputError as exc:  # the ledger has no terms (price plan) for it yet
+        raise ApiError(
+            404, f"no statement for tenant {tenant!r} in {period}: {exc.problem}"
+        ) from exc
+    if statement is None:
+        raise ApiError(404, f"no statement for tenant {tenant!r} in {period}")
+    body = statement.to_api() if hasattr(statement, "to_api") else statement
+    return _json(200, body, {"Cache-Control": "no-store"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return _json(200, {"status": "ok"})
+
+
+def create_app(
+    ledger: EventLedger,
+    token_store: TokenStore,
+    tenants_provider: TenantsProvider | None = None,
+    *,
+    config: EventsApiConfig | None = None,
+    clock: Callable[[], datetime] = _utcnow,
+) -> web.Application:
+    """The events API as an aiohttp application (serve it with `serve()` or a test server).
+
+    `tenants_provider`, when given, is consulted on every request: a token whose tenant no
+    longer exists is refused even before the token store has refreshed.
+    """
+    cfg = config or EventsApiConfig()
+    # aiohttp's own limit is a backstop; our handler refuses oversized bodies first.
+    app = web.Application(middlewares=[_errors], client_max_size=cfg.max_body_bytes + 1)
+    executor = ThreadPoolExecutor(
+        max_workers=cfg.ledger_threads, thread_name_prefix="kubemeter-events-api"
+    )
+    app[CONFIG_KEY] = cfg
+    app[_STATE_KEY] = _State(
+        ledger=ledger,
+        tokens=token_store,
+        tenants=tenants_provider,
+        config=cfg,
+        clock=clock,
+        executor=executor,
+    )
+
+    async def _shutdown(_app: web.Application) -> None:
+        executor.shutdown(wait=True, cancel_futures=False)
+
+    app.on_cleanup.append(_shutdown)
+    app.router.add_post("/v1/events", post_events)
+    app.router.add_get("/v1/tenants/{name}/usage", get_usage)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,195 @@
+"""Tenant API tokens read from Kubernetes Secrets (`Tenant.spec.apiTokenSecretRef`).
+
+`KubernetesTokenStore.refresh()` reads the Secret each current Tenant references and
+rebuilds the digest index (plaintext tokens are hashed at once and never kept). Refreshes
+happen on a timer (`run()`), right away when the operator calls `tenants_changed()`, and on
+an unknown token at most every `miss_refresh_interval_s` (so a freshly created Secret works
+within seconds without letting bad tokens hammer the API server).
+
+A Secret that cannot be read because the API server is unavailable keeps its tenant's
+previous token (a hiccup must not lock tenants out); a Secret that is gone, lacks the key
+or is empty removes the tenant's token. Problems per tenant are kept in `problems`.
+
+RBAC: the operator needs `get` on the referenced Secrets (a Role in their namespace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from kubemeter_operator.errors import TransientError
+from kubemeter_operator.events_api.auth import TokenIndex, token_digest
+from kubemeter_operator.events_api.ports import TenantsProvider
+
+log = logging.getLogger(__name__)
+
+SecretReader = Callable[[str, str], "dict[str, str] | None"]
+"""(namespace, name) -> the Secret's base64 `data`, None when it does not exist; raises
+TransientError when the API server cannot be asked."""
+
+
+def kubernetes_secret_reader(core_v1: Any = None) -> SecretReader:
+    """A SecretReader on the official client (`CoreV1Api`; loads the config if not given)."""
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
+    if core_v1 is None:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        core_v1 = client.CoreV1Api()
+
+    def read(namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            secret = core_v1.read_namespaced_secret(name, namespace, _request_timeout=10)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status in (401, 403):
+                raise TransientError(
+                    f"not allowed to read secret {namespace}/{name}: {exc.reason}"
+                ) from exc
+            raise TransientError(f"reading secret {namespace}/{name}: {exc.reason}") from exc
+        except Exception as exc:  # urllib3 / connection errors
+            raise TransientError(f"reading secret {namespace}/{name}: {exc}") from exc
+        return dict(secret.data or {})
+
+    return read
+
+
+def _decode(value: str) -> str | None:
+    try:
+        text = base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return text.strip() or None  # `echo token | kubectl create secret` adds a newline
+
+
+class KubernetesTokenStore:
+    """TokenStore backed by the Secrets that Tenants reference."""
+
+    def __init__(
+        self,
+        tenants: TenantsProvider,
+        read_secret: SecretReader | None = None,
+        *,
+        refresh_interval_s: float = 60.0,
+        miss_refresh_interval_s: float = 5.0,
+        executor: Executor | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._tenants = tenants
+        self._read_secret = read_secret
+        self._refresh_interval_s = refresh_interval_s
+        self._miss_refresh_interval_s = miss_refresh_interval_s
+        self._executor = executor
+        self._monotonic = monotonic
+        self._index: TokenIndex | None = None
+        self._digests: dict[str, bytes] = {}
+        self._last_refresh = float("-inf")
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self.problems: dict[str, str] = {}
+        """Tenant -> why it has no usable token (missing Secret, key, shared token...)."""
+
+    @property
+    def loaded(self) -> bool:
+        return self._index is not None
+
+    def tenants_changed(self) -> None:
+        """Ask `run()` to refresh now (call from the Tenant watch handlers)."""
+        self._changed.set()
+
+    async def authenticate(self, token: str) -> str | None:
+        if self._index is None:
+            await self.refresh()
+        index = self._index
+        if index is None:  # pragma: no cover - refresh always sets it or raises
+            raise TransientError("API tokens are not loaded yet")
+        tenant = index.lookup(token)
+        if tenant is None and (
+            self._monotonic() - self._last_refresh >= self._miss_refresh_interval_s
+        ):
+            await self.refresh()
+            tenant = self._index.lookup(token) if self._index is not None else None
+        return tenant
+
+    async def refresh(self) -> None:
+        """Re-read every referenced Secret and rebuild the index."""
+        async with self._lock:
+            self._last_refresh = self._monotonic()
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self._executor, self._refresh_sync)
+            except TransientError:
+                if self._index is None:
+                    raise
+                log.warning("keeping the previous API tokens", exc_info=True)
+
+    def _refresh_sync(self) -> None:
+        reader = self._read_secret
+        if reader is None:
+            reader = self._read_secret = kubernetes_secret_reader()
+        tenants = self._tenants()
+        secrets: dict[tuple[str, str], dict[str, str] | None] = {}
+        failed: dict[tuple[str, str], str] = {}
+        digests: dict[str, bytes] = {}
+        problems: dict[str, str] = {}
+        for name, tenant in sorted(tenants.items()):
+            ref = tenant.spec.api_token_secret_ref
+            if ref is None:
+                continue
+            where = (ref.namespace, ref.name)
+            if where not in secrets and where not in failed:
+                try:
+                    secrets[where] = reader(ref.namespace, ref.name)
+                except TransientError as exc:
+                    failed[where] = str(exc)
+            if where in failed:
+                if name in self._digests:  # keep the last known token through a hiccup
+                    digests[name] = self._digests[name]
+                problems[name] = failed[where]
+                continue
+            data = secrets[where]
+            if data is None:
+                problems[name] = f"secret {ref.namespace}/{ref.name} not found"
+                continue
+            raw = data.get(ref.key)
+            token = _decode(raw) if raw is not None else None
+            if token is None:
+                problems[name] = (
+                    f"secret {ref.namespace}/{ref.name} has no usable (non-empty, UTF-8) "
+                    f"key {ref.key!r}"
+                )
+                continue
+            digests[name] = token_digest(token)
+        if failed and not secrets and not digests and self._index is None:
+            raise TransientError("; ".join(sorted(set(failed.values()))))
+        index = TokenIndex(digests.items())
+        for name in index.ambiguous:
+            problems[name] = "its API token is also another tenant's token; refusing it"
+        self._digests = digests
+        self._index = index
+        self.problems = problems
+
+    async def run(self) -> None:
+        """Refresh every `refresh_interval_s` and whenever `tenants_changed()` is called.
+
+        Runs until cancelled (start it as a task next to the API server)."""
+        while True:
+            try:
+                await self.refresh()
+            except TransientError:
+                log.warning("could not load the API tokens; retrying", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._refresh_interval_s)
+            self._changed.clear()

@@ -1,0 +1,44 @@
+"""What the events API needs from the rest of the operator (structural types only).
+
+The API is wired to the real `Ledger` in the operator process and to small fakes in unit
+tests; both satisfy these protocols. Ledger methods may be plain (blocking, SQLAlchemy) or
+coroutine functions: plain ones run on the API's own thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from kubemeter_operator.api.tenant import Tenant
+from kubemeter_operator.api.usage import UsageRecord
+from kubemeter_operator.rating.periods import Period
+
+
+class RecordResultLike(Protocol):
+    """The outcome of recording a batch: how many events were new, how many seen before."""
+
+    @property
+    def accepted(self) -> int: ...
+
+    @property
+    def duplicates(self) -> int: ...
+
+
+class EventLedger(Protocol):
+    """The ledger operations the events API uses.
+
+    - `record_events`: all-or-nothing and idempotent by event id; raises
+      `ConflictError(key=<id>)` when an id was recorded before with a different payload (or
+      by another tenant) and `TransientError` when the database is unavailable.
+    - `running_statement`: the live statement of `tenant` for `period` (a `Statement` or
+      anything with the same JSON shape), or None when the ledger has no terms for it.
+    """
+
+    def record_events(self, tenant: str, records: Sequence[UsageRecord]) -> Any: ...
+
+    def running_statement(self, tenant: str, period: Period) -> Any: ...
+
+
+TenantsProvider = Callable[[], Mapping[str, Tenant]]
+"""The Tenants the operator currently knows, by name (e.g. from its kopf index)."""

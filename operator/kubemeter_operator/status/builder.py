@@ -1,0 +1,283 @@
+"""Build a Tenant's status from its statement and what the metering cycle observed. Pure.
+
+The handler layer supplies the inputs (see `build_status`); `status_patch` then decides
+whether anything needs writing, and `status_events` what to announce.
+
+Phase:
+- `Suspended` when workloads are suspended (the enforcement step reports them), or when the
+  period total reached the budget limit and enforcement is `scaleDown`;
+- `Warning` when the budget use reached the warning threshold (the lowest configured alert
+  threshold of 80 % or more; with none in 80..100, the highest configured one; 80 % when no
+  thresholds are configured), when a prepaid wallet is low or empty, or when the price plan
+  is missing (nothing can be priced);
+- `Active` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from fractions import Fraction
+
+from kubemeter_operator.api.conditions import Condition
+from kubemeter_operator.api.priceplan import TOKEN_KINDS, MeterKind, PricePlanSpec
+from kubemeter_operator.api.tenant import (
+    Budget,
+    BudgetEnforcement,
+    BudgetStatus,
+    MeterUsage,
+    SuspendedWorkload,
+    Tenant,
+    TenantPhase,
+    TenantStatus,
+    TenantSummary,
+    WalletStatus,
+)
+from kubemeter_operator.api.types import format_decimal
+from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.rating.rounding import minor_units, round_half_up
+from kubemeter_operator.rating.statement import Statement
+from kubemeter_operator.status import conditions as cond
+from kubemeter_operator.status.forecast import TotalSample, forecast
+
+MS_PER_HOUR = 3_600_000
+DEFAULT_WARNING_PERCENT = 80
+
+
+def warning_percent(budget: Budget) -> int:
+    """The budget use (percent) from which the phase is Warning (see the module docstring)."""
+    high = [t for t in budget.alert_thresholds if t >= DEFAULT_WARNING_PERCENT]
+    if high:
+        return min(high)
+    return max(budget.alert_thresholds, default=DEFAULT_WARNING_PERCENT)
+
+
+def budget_status(budget: Budget, total: Decimal) -> BudgetStatus:
+    """Used = the period total; percent to 2 places half-up; thresholds compared exactly."""
+    used_exact = Fraction(total) * 100 / Fraction(budget.limit)
+    return BudgetStatus(
+        limit=budget.limit,
+        used=total,
+        used_percent=round_half_up(used_exact, 2),
+        remaining=budget.limit - total,
+        thresholds_crossed=sorted(t for t in budget.alert_thresholds if used_exact >= t),
+    )
+
+
+def wallet_status(
+    tenant: Tenant, balance: Decimal | None, previous: TenantStatus | None
+) -> WalletStatus | None:
+    wallet = tenant.spec.wallet
+    if wallet is None or not wallet.enabled:
+        return None
+    if balance is None:  # ledger unavailable: keep what we showed
+        return previous.wallet if previous is not None else None
+    return WalletStatus(balance=balance, low=balance <= 0 or balance < wallet.low_balance_threshold)
+
+
+def summary(
+    meters: Sequence[MeterUsage],
+    *,
+    total: Decimal | None,
+    currency: str | None,
+    budget: BudgetStatus | None,
+) -> TenantSummary:
+    gpu_ms = sum((m.quantity for m in meters if m.kind is MeterKind.GPU_TIME), Decimal(0))
+    tokens = sum((m.quantity for m in meters if m.kind in TOKEN_KINDS), Decimal(0))
+    return TenantSummary(
+        gpu_hours=format_decimal(round_half_up(Fraction(gpu_ms) / MS_PER_HOUR, 2)),
+        tokens=int(tokens),
+        spend=f"{format_decimal(total)} {currency}" if total is not None and currency else "",
+        budget_used=f"{format_decimal(budget.used_percent)}%" if budget is not None else "",
+    )
+
+
+def _phase(
+    tenant: Tenant,
+    plan_found: bool,
+    budget: BudgetStatus | None,
+    wallet: WalletStatus | None,
+    suspended: Sequence[SuspendedWorkload],
+) -> TenantPhase:
+    spec_budget = tenant.spec.budget
+    if suspended:
+        return TenantPhase.SUSPENDED
+    if budget is not None and spec_budget is not None:
+        if budget.used >= budget.limit and spec_budget.enforcement is BudgetEnforcement.SCALE_DOWN:
+            return TenantPhase.SUSPENDED
+        if Fraction(budget.used) * 100 >= Fraction(budget.limit) * warning_percent(spec_budget):
+            return TenantPhase.WARNING
+    if (wallet is not None and wallet.low) or not plan_found:
+        return TenantPhase.WARNING
+    return TenantPhase.ACTIVE
+
+
+def _conditions(
+    tenant: Tenant,
+    *,
+    plan_found: bool,
+    have_statement: bool,
+    degraded: Mapping[str, str],
+    conflicts: Mapping[str, str],
+    now: datetime,
+    previous: Sequence[Condition] | None,
+) -> list[Condition]:
+    gen_raw = tenant.metadata.get("generation")
+    gen = gen_raw if isinstance(gen_raw, int) else None
+    plan_name = tenant.spec.price_plan_ref.name
+
+    def c(type_: str, status: cond.Status, reason: str, message: str) -> Condition:
+        return cond.condition(
+            type_, status, reason, message, now=now, previous=previous, generation=gen
+        )
+
+    if not plan_found:
+        ready = c(cond.READY, "False", "PricePlanNotFound", f"PricePlan {plan_name!r} not found")
+    elif not have_statement:
+        ready = c(cond.READY, "False", "StatementUnavailable", "the ledger could not be read")
+    else:
+        ready = c(cond.READY, "True", "Metered", "usage is metered and priced")
+    plan = (
+        c(cond.PRICE_PLAN_FOUND, "True", "Found", f"PricePlan {plan_name!r}")
+        if plan_found
+        else c(
+            cond.PRICE_PLAN_FOUND,
+            "False",
+            "NotFound",
+            f"PricePlan {plan_name!r} does not exist; usage is recorded but not priced",
+        )
+    )
+    conflict = (
+        c(
+            cond.NAMESPACE_CONFLICT,
+            "True",
+            "NamespaceClaimedTwice",
+            "namespaces also claimed by another tenant (not metered to either): "
+            + cond.describe(conflicts),
+        )
+        if conflicts
+        else c(cond.NAMESPACE_CONFLICT, "False", "NoConflict", "")
+    )
+    metering = (
+        c(
+            cond.METERING_DEGRADED,
+            "True",
+            "SourceUnavailable",
+            "usage from these sources is delayed (it will be counted once they recover): "
+            + cond.describe(degraded),
+        )
+        if degraded
+        else c(cond.METERING_DEGRADED, "False", "AllSourcesHealthy", "")
+    )
+    return [ready, plan, conflict, metering]
+
+
+def build_status(
+    tenant: Tenant,
+    plan: PricePlanSpec | None,
+    statement: Statement | None,
+    *,
+    now: datetime,
+    period: Period,
+    wallet_balance: Decimal | None = None,
+    recent_totals: Sequence[TotalSample] = (),
+    degraded: Mapping[str, str] | None = None,
+    conflicts: Mapping[str, str] | None = None,
+    last_metered_time: datetime | None = None,
+    previous: TenantStatus | None = None,
+    suspended_workloads: Sequence[SuspendedWorkload] | None = None,
+) -> TenantStatus:
+    """The Tenant's status for `period` as of `now`.
+
+    - `plan`: the referenced PricePlan's spec, None when it does not exist.
+    - `statement`: the running statement of `period` (the ledger's `running_statement`),
+      None when it could not be produced (no plan, ledger down): the money fields of
+      `previous` are then kept if they are of the same period.
+    - `wallet_balance`: the prepaid balance (`ledger.balance`), None if unknown.
+    - `recent_totals`: running totals seen at earlier cycles of this period (for the
+      forecast's recent burn rate; see `status.forecast`).
+    - `degraded`: metering source -> why it is unavailable.
+    - `conflicts`: namespace -> the other tenant(s) claiming it.
+    - `previous`: the current status (defaults to `tenant.status`): keeps condition
+      transition times, the suspended workloads and, when needed, stale money fields.
+    - `suspended_workloads`: what enforcement has suspended (default: keep `previous`').
+    """
+    if previous is None:
+        previous = tenant.status
+    if statement is not None and statement.period != str(period):
+        raise ValueError(f"statement is for {statement.period}, not {period}")
+    same_period = previous is not None and previous.period == str(period)
+    source: Statement | TenantStatus | None = statement
+    if statement is None and same_period:
+        source = previous
+
+    meters: list[MeterUsage] = []
+    currency = plan.currency if plan is not None else None
+    status = TenantStatus(
+        period=str(period),
+        period_start=period.start,
+        period_end=period.end,
+        last_metered_time=last_metered_time
+        or (previous.last_metered_time if previous is not None else None),
+    )
+    if isinstance(source, Statement):
+        meters = source.meter_usages()
+        currency = source.currency
+        status.platform_fee = source.platform_fee
+        status.subtotal = source.subtotal
+        status.discount = source.discount
+        status.total = source.total
+        if any(line.cost is not None for line in source.lines):
+            status.cost = source.cost
+            status.margin = source.margin
+    elif isinstance(source, TenantStatus):
+        meters = list(source.meters)
+        currency = source.currency or currency
+        for name in ("platform_fee", "subtotal", "discount", "total", "cost", "margin"):
+            setattr(status, name, getattr(source, name))
+    status.meters = meters
+    status.currency = currency
+
+    if tenant.spec.budget is not None and status.total is not None:
+        status.budget = budget_status(tenant.spec.budget, status.total)
+    status.wallet = wallet_status(tenant, wallet_balance, previous)
+
+    if status.total is not None and currency is not None:
+        fee = status.platform_fee or Decimal(0)
+        discount_pct = (
+            statement.discount_percent if statement is not None else tenant.spec.discount_percent
+        )
+        fixed = round_half_up(Fraction(fee) * (100 - Fraction(discount_pct)) / 100, 8)
+        status.forecast = forecast(
+            now=now,
+            period=period,
+            total=status.total,
+            fixed=fixed,
+            places=minor_units(currency),
+            budget_limit=tenant.spec.budget.limit if tenant.spec.budget is not None else None,
+            samples=recent_totals,
+            previous=previous.forecast if same_period and previous is not None else None,
+        )
+
+    if suspended_workloads is not None:
+        status.suspended_workloads = list(suspended_workloads)
+    elif previous is not None:
+        status.suspended_workloads = list(previous.suspended_workloads)
+
+    status.conditions = _conditions(
+        tenant,
+        plan_found=plan is not None,
+        have_statement=statement is not None,
+        degraded=degraded or {},
+        conflicts=conflicts or {},
+        now=now,
+        previous=previous.conditions if previous is not None else None,
+    )
+    status.phase = _phase(
+        tenant, plan is not None, status.budget, status.wallet, status.suspended_workloads
+    )
+    generation = tenant.metadata.get("generation")
+    status.observed_generation = generation if isinstance(generation, int) else None
+    status.summary = summary(meters, total=status.total, currency=currency, budget=status.budget)
+    return status

@@ -1,0 +1,59 @@
+"""Tenant status conditions, with Kubernetes' lastTransitionTime discipline. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Literal
+
+from kubemeter_operator.api.conditions import Condition
+
+READY = "Ready"
+PRICE_PLAN_FOUND = "PricePlanFound"
+NAMESPACE_CONFLICT = "NamespaceConflict"
+METERING_DEGRADED = "MeteringDegraded"
+
+CONDITION_TYPES = (READY, PRICE_PLAN_FOUND, NAMESPACE_CONFLICT, METERING_DEGRADED)
+
+Status = Literal["True", "False", "Unknown"]
+
+
+def condition(
+    type_: str,
+    status: Status,
+    reason: str,
+    message: str,
+    *,
+    now: datetime,
+    previous: Sequence[Condition] | None,
+    generation: int | None = None,
+) -> Condition:
+    """A condition whose lastTransitionTime is kept from `previous` unless status changed."""
+    before = find(previous or (), type_)
+    since = (
+        before.last_transition_time
+        if before is not None and before.status == status and before.last_transition_time
+        else now
+    )
+    return Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message[:2000],
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def find(conditions: Sequence[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(conditions: Sequence[Condition] | None, type_: str) -> bool:
+    found = find(conditions or (), type_)
+    return found is not None and found.status == "True"
+
+
+def describe(items: Mapping[str, str]) -> str:
+    """`a: why; b: why` in a stable order."""
+    return "; ".join(f"{k}: {v}" for k, v in sorted(items.items()))

@@ -1,0 +1,136 @@
+"""Notable changes between two Tenant statuses, as Kubernetes Events to post. Pure.
+
+`status_events(tenant, previous, new)` compares the status written last with the new one
+and returns what a human should hear about: budget thresholds crossed, metering degraded
+or recovered, a period closed (with its total), the price plan missing or found again, a
+namespace conflict raised or resolved, a prepaid wallet running low. The handler layer
+posts them (reason, message, type) on the Tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Literal
+
+from kubemeter_operator.api.tenant import TenantStatus
+from kubemeter_operator.api.types import format_decimal
+from kubemeter_operator.status import conditions as cond
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    reason: str
+    message: str
+    type: EventType = "Normal"
+
+
+def _money(amount: Decimal | None, currency: str | None) -> str:
+    text = format_decimal(amount) if amount is not None else "?"
+    return f"{text} {currency}" if currency else text
+
+
+def _transition(
+    previous: TenantStatus | None, new: TenantStatus, type_: str, bad: str
+) -> tuple[str | None, str]:
+    """("bad" | "good" | None, the new condition's message): "bad" when the condition is
+    now in its `bad` status and was not before, "good" when it was and no longer is."""
+    before = cond.find(previous.conditions, type_) if previous is not None else None
+    after = cond.find(new.conditions, type_)
+    if after is None:
+        return None, ""
+    was_bad = before is not None and before.status == bad
+    is_bad = after.status == bad
+    if is_bad and not was_bad:
+        return "bad", after.message
+    if was_bad and not is_bad:
+        return "good", after.message
+    return None, after.message
+
+
+def status_events(
+    tenant: str,
+    previous: TenantStatus | None,
+    new: TenantStatus,
+    *,
+    closed_period_total: Decimal | None = None,
+) -> list[StatusEvent]:
+    """Events for what changed from `previous` to `new`, in a stable order.
+
+    `closed_period_total`: the final total of the period that just closed, when the caller
+    has it (e.g. the finalised statement); otherwise the last total shown is used.
+    """
+    events: list[StatusEvent] = []
+    rolled_over = (
+        previous is not None and previous.period is not None and previous.period != new.period
+    )
+    if rolled_over and previous is not None:
+        total = closed_period_total if closed_period_total is not None else previous.total
+        events.append(
+            StatusEvent(
+                "PeriodClosed",
+                f"tenant {tenant}: period {previous.period} closed with a total of "
+                f"{_money(total, previous.currency)}; now metering {new.period}",
+            )
+        )
+
+    if new.budget is not None:
+        crossed_before: set[int] = set()
+        if previous is not None and not rolled_over and previous.budget is not None:
+            crossed_before = set(previous.budget.thresholds_crossed)
+        for threshold in new.budget.thresholds_crossed:
+            if threshold in crossed_before:
+                continue
+            exhausted = threshold >= 100
+            events.append(
+                StatusEvent(
+                    "BudgetExhausted" if exhausted else "BudgetThresholdCrossed",
+                    f"tenant {tenant} reached {threshold}% of its budget for {new.period}: "
+                    f"spent {_money(new.budget.used, new.currency)} of "
+                    f"{_money(new.budget.limit, new.currency)} "
+                    f"({format_decimal(new.budget.used_percent)}%)",
+                    "Warning",
+                )
+            )
+
+    change, message = _transition(previous, new, cond.METERING_DEGRADED, "True")
+    if change == "bad":
+        events.append(StatusEvent("MeteringDegraded", message, "Warning"))
+    elif change == "good":
+        events.append(
+            StatusEvent(
+                "MeteringRecovered",
+                f"tenant {tenant}: all metering sources are available again; "
+                "delayed usage is being counted",
+            )
+        )
+
+    change, message = _transition(previous, new, cond.PRICE_PLAN_FOUND, "False")
+    if change == "bad":
+        events.append(StatusEvent("PricePlanNotFound", message, "Warning"))
+    elif change == "good":
+        events.append(StatusEvent("PricePlanFound", message))
+
+    change, message = _transition(previous, new, cond.NAMESPACE_CONFLICT, "True")
+    if change == "bad":
+        events.append(StatusEvent("NamespaceConflict", message, "Warning"))
+    elif change == "good":
+        events.append(
+            StatusEvent(
+                "NamespaceConflictResolved",
+                f"tenant {tenant}: no namespace is claimed by another tenant any more",
+            )
+        )
+
+    was_low = previous is not None and previous.wallet is not None and previous.wallet.low
+    if new.wallet is not None and new.wallet.low and not was_low:
+        events.append(
+            StatusEvent(
+                "WalletEmpty" if new.wallet.balance <= 0 else "WalletLow",
+                f"tenant {tenant}: prepaid balance is {_money(new.wallet.balance, new.currency)}",
+                "Warning",
+            )
+        )
+    return events
