@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from kubemeter_exporter.cgroups import ProcCgroupReader
 from kubemeter_exporter.clock import ManualClock
 from kubemeter_exporter.collector import Collector
@@ -33,7 +35,6 @@ from kubemeter_exporter.nvml.base import (
 from kubemeter_exporter.scenario import Scenario
 from kubemeter_exporter.server import make_registry
 from kubemeter_exporter.simulation import SimulatedNode
-from prometheus_client import generate_latest
 
 N_GPUS, PROCS_PER_GPU, PODS_PER_GPU, CACHE_PODS = 8, 64, 32, 500
 

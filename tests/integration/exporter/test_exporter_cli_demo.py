@@ -11,8 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from kubemeter_exporter import contract as c
 from prometheus_client.parser import text_string_to_metric_families
+
+from kubemeter_exporter import contract as c
 
 pytestmark = pytest.mark.integration
 

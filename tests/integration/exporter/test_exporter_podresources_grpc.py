@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from kubemeter_exporter.cgroups import ProcCgroupReader
 from kubemeter_exporter.clock import ManualClock
 from kubemeter_exporter.collector import Collector

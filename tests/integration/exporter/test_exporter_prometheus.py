@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubemeter_exporter import contract as c
 
 pytestmark = pytest.mark.integration

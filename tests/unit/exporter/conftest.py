@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kubemeter_exporter.cgroups import ProcCgroupReader
 from kubemeter_exporter.clock import ManualClock
 from kubemeter_exporter.collector import Collector

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from kubemeter_exporter.cgroups import CgroupIdentity, ProcCgroupReader, cgroup_text, parse_cgroup
 
 UID = "0a1b2c3d-1111-4222-8333-444455556666"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+
 from kubemeter_exporter.cli import build_parser, parse_duration, parse_listen
 
 

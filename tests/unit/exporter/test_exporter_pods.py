@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from kubemeter_exporter.pods import KubePodSource, PodInfo, pod_from_api
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pynvml
 import pytest
+
 from kubemeter_exporter.nvml.base import (
     NvmlGpuLostError,
     NvmlNotFoundError,

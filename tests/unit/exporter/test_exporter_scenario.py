@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kubemeter_exporter.scenario import Scenario
 from pydantic import ValidationError
+
+from kubemeter_exporter.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -6,9 +6,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from kubemeter_exporter import contract as c
 from kubemeter_exporter.server import ExporterServer
-from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[3]
 
