@@ -2,20 +2,34 @@
 
 Rows are aggregated per batch in Python and upserted in one statement, in key order (so
 concurrent writers lock rollup rows in the same order and cannot deadlock each other).
+
+The ingest hot path reduces each record to `Part` tuples (`parts`): the rollup key and at
+most three integer amounts whose columns the usage kind decides (`KIND_COLUMNS`), plus the
+custom decimal. Instant records are one part without any copying; only GPU windows can
+straddle UTC days or periods and go through `split_by_day`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import fields
-from datetime import UTC, date
+from datetime import UTC, date, datetime
+from decimal import MAX_PREC, Context, Decimal
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, Table, func
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from kubemeter_operator.api.usage import GpuUsage, UsageRecord
+from kubemeter_operator.api.usage import (
+    CustomUsage,
+    GpuUsage,
+    RequestUsage,
+    StepUsage,
+    TokenUsage,
+    UsageRecord,
+)
 from kubemeter_operator.ledger import pgfast
 from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, usage_rollup
 from kubemeter_operator.rating.days import split_by_day
@@ -27,6 +41,90 @@ RollupKey = tuple[str, str, date, UsageKey]
 
 _KEY_COLUMNS = ("tenant", "period", "day", "kind", "model", "mig_profile", "name")
 _QTY_FIELDS = tuple(f.name for f in fields(Quantities))
+
+
+KIND_COLUMNS: dict[str, tuple[str, ...]] = {
+    "gpu": ("allocated_ms", "active_ms"),
+    "tokens": ("prompt_tokens", "completion_tokens", "cached_prompt_tokens"),
+    "steps": ("steps",),
+    "requests": ("requests",),
+    "custom": (),
+}
+"""The rollup columns that a part's amounts (q1, q2, q3) go to, per usage kind."""
+
+GroupKey = tuple[str, date, str, str, str, str]
+"""(period "YYYY-MM", UTC day, kind, model, mig_profile, name): a rollup row of a tenant."""
+
+Part = tuple[GroupKey, int, int, int, Decimal | None]
+"""(rollup row, q1, q2, q3, custom): the amounts of one record (part) for one rollup row."""
+
+Sums = dict[tuple[str, GroupKey], list[Any]]
+"""(tenant, rollup row) -> [q1, q2, q3, custom]: a batch's parts summed per rollup row."""
+
+_EXACT = Context(prec=MAX_PREC)
+"""Decimal sums that never round."""
+
+
+@lru_cache(maxsize=4096)
+def _period_of(day: date) -> str:
+    return f"{day.year:04d}-{day.month:02d}"
+
+
+def _instant(at: datetime) -> tuple[str, date]:
+    day = at.astimezone(UTC).date()
+    return _period_of(day), day
+
+
+def parts(record: UsageRecord) -> list[Part]:
+    """The rollup parts of a record: one per (period, UTC day) it touches."""
+    if isinstance(record, TokenUsage):
+        period, day = _instant(record.timestamp)
+        key = (period, day, "tokens", record.model, "", "")
+        q = (record.prompt_tokens, record.completion_tokens, record.cached_prompt_tokens)
+        return [(key, *q, None)]
+    if isinstance(record, GpuUsage):
+        return [
+            ((str(period), day, "gpu", p.model, p.mig_profile or "", ""),
+             p.allocated_ms, p.active_ms, 0, None)
+            for period, day, p in split_by_day(record)
+            if isinstance(p, GpuUsage)
+        ]  # fmt: skip
+    if isinstance(record, StepUsage):
+        period, day = _instant(record.timestamp)
+        return [((period, day, "steps", record.model or "", "", ""), record.steps, 0, 0, None)]
+    if isinstance(record, RequestUsage):
+        period, day = _instant(record.timestamp)
+        key = (period, day, "requests", record.model or "", "", "")
+        return [(key, record.requests, 0, 0, None)]
+    if isinstance(record, CustomUsage):
+        period, day = _instant(record.timestamp)
+        return [((period, day, "custom", "", "", record.name), 0, 0, 0, record.quantity)]
+    raise TypeError(f"unknown usage record {type(record).__name__}")  # pragma: no cover
+
+
+def add_parts(acc: Sums, tenant: str, record: UsageRecord) -> None:
+    """Add a record's parts to the batch sums (plain ints; decimals added exactly)."""
+    for group, q1, q2, q3, custom in parts(record):
+        have = acc.get((tenant, group))
+        if have is None:
+            acc[(tenant, group)] = [q1, q2, q3, custom]
+        else:
+            have[0] += q1
+            have[1] += q2
+            have[2] += q3
+            if custom is not None:
+                have[3] = custom if have[3] is None else _EXACT.add(have[3], custom)
+
+
+def quantities(acc: Sums) -> dict[RollupKey, Quantities]:
+    """The batch sums as rollup rows (one Quantities per row, not per record)."""
+    out: dict[RollupKey, Quantities] = {}
+    for (tenant, (period, day, kind, model, mig, name)), (q1, q2, q3, custom) in acc.items():
+        qty = Quantities(custom=custom if custom is not None else Decimal(0))
+        for column, amount in zip(KIND_COLUMNS[kind], (q1, q2, q3), strict=False):
+            setattr(qty, column, amount)
+        out[(tenant, period, day, UsageKey(kind, model, mig, name))] = qty
+    return out
 
 
 def add_record(acc: dict[RollupKey, Quantities], tenant: str, record: UsageRecord) -> None:

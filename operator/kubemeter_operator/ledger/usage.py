@@ -12,19 +12,25 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from hashlib import sha256
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, select, tuple_
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from kubemeter_operator.api.usage import CustomUsage, UsageRecord
-from kubemeter_operator.errors import ConflictError, InputError
+from kubemeter_operator.errors import ConflictError, InputError, TransientError
 from kubemeter_operator.ledger import pgfast, rollup
 from kubemeter_operator.ledger.codec import digest, record_json
-from kubemeter_operator.ledger.columns import exact_problem
-from kubemeter_operator.ledger.schema import checkpoint, usage_event, usage_window
-from kubemeter_operator.rating.totals import Quantities
+from kubemeter_operator.ledger.columns import exact_problem, plain
+from kubemeter_operator.ledger.schema import (
+    QUANTITY_COLUMNS,
+    checkpoint,
+    usage_event,
+    usage_window,
+)
 
 _IN_CHUNK = 500
 
@@ -69,44 +75,160 @@ def _check_record(field: str, record: UsageRecord) -> None:
             raise InputError(f"{field}.quantity", problem)
 
 
-_PG_INSERT_EVENTS = (
-    "INSERT INTO usage_event (event_id, tenant, at, payload_hash, payload, recorded_at) "
-    "SELECT e.event_id, %(tenant)b::text, e.at, e.payload_hash, e.payload, "
-    "%(recorded_at)b::timestamptz "
-    "FROM unnest(%(event_id)b::text[], %(at)b::timestamptz[], %(payload_hash)b::text[], "
-    "%(payload)b::text[]) AS e(event_id, at, payload_hash, payload) "
-    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+_ROLLUP_SET = ", ".join(
+    f"{c} = usage_rollup.{c} + excluded.{c}" for c in (*QUANTITY_COLUMNS, "custom")
 )
-"""PostgreSQL: one fixed-shape statement per batch (arrays + unnest), prepared once."""
 
 
-def record_events(
-    conn: Connection, tenant: str, records: Sequence[UsageRecord], now: datetime
-) -> RecordResult:
+def _amount(column: str) -> str:
+    """SQL for a rollup column from a group's summed amounts q1..q3 (see KIND_COLUMNS)."""
+    whens = " ".join(
+        f"WHEN '{kind}' THEN s.q{i + 1}"
+        for kind, columns in rollup.KIND_COLUMNS.items()
+        for i, c in enumerate(columns)
+        if c == column
+    )
+    return f"(CASE g.kind {whens} ELSE 0 END)::bigint"
+
+
+_PG_RECORD_EVENTS = f"""
+WITH ev AS (
+    SELECT * FROM unnest(string_to_array(%(event_id)b::text, chr(30)),
+                         %(at)b::timestamptz[],
+                         string_to_array(%(payload_hash)b::text, chr(30)),
+                         string_to_array(%(payload)b::text, chr(30)))
+        WITH ORDINALITY AS e(event_id, at, payload_hash, payload, ord)
+), ins AS (
+    INSERT INTO usage_event AS u (event_id, tenant, at, payload_hash, payload, recorded_at)
+    SELECT ev.event_id, %(tenant)b::text, ev.at, ev.payload_hash, ev.payload,
+           %(recorded_at)b::timestamptz
+    FROM ev ORDER BY ev.ord
+    ON CONFLICT (event_id) DO UPDATE SET tenant = u.tenant
+        WHERE u.tenant <> excluded.tenant OR u.payload_hash <> excluded.payload_hash
+    RETURNING u.event_id, u.tenant, u.payload_hash
+), res AS (
+    SELECT ev.ord, ins.event_id, ins.tenant, ins.payload_hash,
+           ins.tenant = %(tenant)b::text AND ins.payload_hash = ev.payload_hash AS new
+    FROM ins JOIN ev ON ev.event_id = ins.event_id
+), part AS (
+    SELECT * FROM unnest(string_to_array(%(p_event)b::text, ',')::int4[],
+                         string_to_array(%(p_group)b::text, ',')::int4[],
+                         string_to_array(%(q1)b::text, ',')::int8[],
+                         string_to_array(%(q2)b::text, ',')::int8[],
+                         string_to_array(%(q3)b::text, ',')::int8[],
+                         string_to_array(%(custom)b::text, ',', ''))
+        AS p(ev, grp, q1, q2, q3, custom)
+), g AS (
+    SELECT * FROM unnest(%(g_period)b::text[], %(g_day)b::date[], %(g_kind)b::text[],
+                         %(g_model)b::text[], %(g_mig)b::text[], %(g_name)b::text[])
+        WITH ORDINALITY AS g(period, day, kind, model, mig_profile, name, grp)
+), s AS (
+    SELECT part.grp, sum(part.q1) AS q1, sum(part.q2) AS q2, sum(part.q3) AS q3,
+           sum(part.custom::numeric) AS custom
+    FROM part JOIN res ON res.ord = part.ev AND res.new
+    GROUP BY part.grp
+), roll AS (
+    INSERT INTO usage_rollup (tenant, period, day, kind, model, mig_profile, name,
+                              {", ".join(QUANTITY_COLUMNS)}, custom)
+    SELECT %(tenant)b::text, g.period, g.day, g.kind, g.model, g.mig_profile, g.name,
+           {", ".join(_amount(c) for c in QUANTITY_COLUMNS)}, coalesce(s.custom, 0)
+    FROM s JOIN g ON g.grp = s.grp
+    ORDER BY g.grp
+    ON CONFLICT (tenant, period, day, kind, model, mig_profile, name)
+    DO UPDATE SET {_ROLLUP_SET}
+)
+SELECT NULL::text, NULL::text, NULL::text,
+       count(*) FILTER (WHERE res.new)
+       / (NOT %(fail_on_conflict)b::bool OR count(*) FILTER (WHERE NOT res.new) = 0)::int
+FROM res
+UNION ALL
+SELECT res.event_id, res.tenant, res.payload_hash, NULL FROM res WHERE NOT res.new
+"""
+"""PostgreSQL: a whole batch in one fixed-shape statement (arrays + unnest, prepared once
+per connection, one round trip), with no plan choice that depends on table sizes.
+
+Long columns travel as one text each, split by the server (`string_to_array`): ids, hashes
+and payloads joined with ASCII RS (chr(30), which event ids cannot hold and canonical JSON
+escapes), integers with commas. Dumping 100-element lists element by element costs the
+client more than the whole split costs the server.
+
+It inserts the new events; an id already recorded is left as it is, except that one with
+another tenant or payload hash is (harmlessly) "updated" so that it is returned. Exactly
+the events inserted now are added to the daily rollups (each event's parts, summed per
+rollup row, upserted in key order). The result: the number inserted, plus the conflicting
+rows, if any; then the caller raises and its transaction rolls all of it back. ON CONFLICT
+sees the latest committed row, also one committed after the statement began.
+
+With `fail_on_conflict` the statement itself fails (division by zero) instead of
+returning conflicting rows: then it can run as a transaction of its own
+(`pgfast.execute_alone`), and the conflicting id is looked up afterwards."""
+
+
+_RS = chr(30)
+"""The separator of joined text parameters (ASCII record separator)."""
+
+
+def _prepare_events(
+    tenant: str, records: Sequence[UsageRecord]
+) -> tuple[dict[str, tuple[str, str, UsageRecord]], int]:
+    """Validate a batch: id -> (payload hash, canonical payload, record), in-batch dups."""
     if not tenant:
         raise InputError("tenant", "required")
     prepared: dict[str, tuple[str, str, UsageRecord]] = {}
     in_batch_dups = 0
+    prefix = tenant + "\x00"
     for i, record in enumerate(records):
-        if record.id is None:
+        eid = record.id
+        if eid is None:
             raise InputError(f"[{i}].id", "required: the event id is the idempotency key")
         if record.tenant is not None and record.tenant != tenant:
             raise InputError(
                 f"[{i}].tenant", f"is {record.tenant!r} but the batch is for tenant {tenant!r}"
             )
-        _check_record(f"[{i}]", record)
+        if isinstance(record, CustomUsage):
+            _check_record(f"[{i}]", record)
         payload = record_json(record)
-        h = digest(tenant, payload)
-        seen = prepared.get(record.id)
+        h = sha256((prefix + payload + "\x00").encode()).hexdigest()  # digest(tenant, payload)
+        seen = prepared.get(eid)
         if seen is not None:
             if seen[0] != h:
-                raise ConflictError(record.id, "used twice in this batch with different payloads")
+                raise ConflictError(eid, "used twice in this batch with different payloads")
             in_batch_dups += 1
             continue
-        prepared[record.id] = (h, payload, record)
+        prepared[eid] = (h, payload, record)
+    return prepared, in_batch_dups
+
+
+def _check_existing(
+    tenant: str, prepared: dict[str, tuple[str, str, UsageRecord]], rows: Any
+) -> None:
+    for eid, owner, h in rows:
+        if owner != tenant:
+            raise ConflictError(eid, "the event id is already used by another tenant")
+        if h != prepared[eid][0]:
+            raise ConflictError(eid, "recorded earlier with a different payload")
+
+
+def _select_existing(conn: Connection, ids: list[str]) -> list[tuple[str, str, str]]:
+    c = usage_event.c
+    found: list[tuple[str, str, str]] = []
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        stmt = select(c.event_id, c.tenant, c.payload_hash).where(c.event_id.in_(chunk))
+        found.extend((r[0], r[1], r[2]) for r in conn.execute(stmt))
+    return found
+
+
+def record_events(
+    conn: Connection, tenant: str, records: Sequence[UsageRecord], now: datetime
+) -> RecordResult:
+    prepared, in_batch_dups = _prepare_events(tenant, records)
     if not prepared:
         return RecordResult(0, in_batch_dups)
     ids = sorted(prepared)
+    if conn.dialect.name == "postgresql":
+        n = _pg_record_events(conn, tenant, ids, prepared, now)
+        return RecordResult(n, len(ids) - n + in_batch_dups)
     rows = [
         {
             "event_id": eid,
@@ -118,57 +240,98 @@ def record_events(
         }
         for eid in ids
     ]
-    if conn.dialect.name == "postgresql":
-        returned = pgfast.execute(
-            conn,
-            _PG_INSERT_EVENTS,
-            {
-                "event_id": ids,
-                "tenant": tenant,
-                "at": [prepared[eid][2].at for eid in ids],
-                "payload_hash": [prepared[eid][0] for eid in ids],
-                "payload": [prepared[eid][1] for eid in ids],
-                "recorded_at": now,
-            },
-        )
-        inserted = {row[0] for row in returned}
-    else:
-        rows = [
-            {
-                "event_id": eid,
-                "tenant": tenant,
-                "at": prepared[eid][2].at,
-                "payload_hash": prepared[eid][0],
-                "payload": prepared[eid][1],
-                "recorded_at": now,
-            }
-            for eid in ids
-        ]
-        stmt = (
-            _insert(conn, usage_event)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(usage_event.c.event_id)
-        )
-        inserted = set(conn.execute(stmt, rows).scalars())
+    stmt = (
+        _insert(conn, usage_event)
+        .on_conflict_do_nothing(index_elements=["event_id"])
+        .returning(usage_event.c.event_id)
+    )
+    inserted = set(conn.execute(stmt, rows).scalars())
     missing = [eid for eid in ids if eid not in inserted]
-    for start in range(0, len(missing), _IN_CHUNK):
-        chunk = missing[start : start + _IN_CHUNK]
-        existing = conn.execute(
-            select(usage_event.c.event_id, usage_event.c.tenant, usage_event.c.payload_hash).where(
-                usage_event.c.event_id.in_(chunk)
-            )
-        ).all()
-        for eid, owner, h in existing:
-            if owner != tenant:
-                raise ConflictError(eid, "the event id is already used by another tenant")
-            if h != prepared[eid][0]:
-                raise ConflictError(eid, "recorded earlier with a different payload")
-    acc: dict[rollup.RollupKey, Quantities] = {}
+    if missing:
+        _check_existing(tenant, prepared, _select_existing(conn, missing))
+    acc: rollup.Sums = {}
     for eid in ids:
         if eid in inserted:
-            rollup.add_record(acc, tenant, prepared[eid][2])
-    rollup.upsert(conn, acc)
+            rollup.add_parts(acc, tenant, prepared[eid][2])
+    rollup.upsert(conn, rollup.quantities(acc))
     return RecordResult(len(inserted), len(missing) + in_batch_dups)
+
+
+def _pg_record_events(
+    conn: Connection,
+    tenant: str,
+    ids: list[str],
+    prepared: dict[str, tuple[str, str, UsageRecord]],
+    now: datetime,
+) -> int:
+    """The PostgreSQL batch: one statement; returns how many events were inserted."""
+    ats: list[datetime] = []
+    hashes: list[str] = []
+    payloads: list[str] = []
+    p_event: list[int] = []
+    p_group: list[rollup.GroupKey] = []
+    q1: list[int] = []
+    q2: list[int] = []
+    q3: list[int] = []
+    custom: list[str] = []
+    for ordinal, eid in enumerate(ids, 1):
+        h, payload, record = prepared[eid]
+        ats.append(record.at)
+        hashes.append(h)
+        payloads.append(payload)
+        for group, a1, a2, a3, c in rollup.parts(record):
+            p_event.append(ordinal)
+            p_group.append(group)
+            q1.append(a1)
+            q2.append(a2)
+            q3.append(a3)
+            custom.append("" if c is None else plain(c))
+    groups = sorted(set(p_group))  # key order: concurrent writers lock rows alike
+    index = {g: i for i, g in enumerate(groups, 1)}
+    joined_ids = _RS.join(ids)
+    joined_payloads = _RS.join(payloads)
+    if joined_ids.count(_RS) + 1 != len(ids) or joined_payloads.count(_RS) + 1 != len(ids):
+        raise InputError("id", "event ids and payloads cannot contain control characters")
+    params: dict[str, Any] = {
+        "tenant": tenant,
+        "recorded_at": now,
+        "event_id": joined_ids,
+        "at": ats,
+        "payload_hash": _RS.join(hashes),
+        "payload": joined_payloads,
+        "p_event": ",".join(map(str, p_event)),
+        "p_group": ",".join([str(index[g]) for g in p_group]),
+        "q1": ",".join(map(str, q1)),
+        "q2": ",".join(map(str, q2)),
+        "q3": ",".join(map(str, q3)),
+        "custom": ",".join(custom),
+        "g_period": [g[0] for g in groups],
+        "g_day": [g[1] for g in groups],
+        "g_kind": [g[2] for g in groups],
+        "g_model": [g[3] for g in groups],
+        "g_mig": [g[4] for g in groups],
+        "g_name": [g[5] for g in groups],
+        "fail_on_conflict": True,
+    }
+    try:
+        rows = pgfast.execute_alone(conn, _PG_RECORD_EVENTS, params)
+    except psycopg.errors.DivisionByZero:  # a conflict: nothing was written
+        _check_existing(tenant, prepared, sorted(_select_existing(conn, ids)))
+        raise TransientError(  # pragma: no cover - the conflicting row cannot vanish
+            "ledger record events: a conflicting event id was not found; retry"
+        ) from None
+    if rows is None:  # inside a transaction that is already under way
+        params["fail_on_conflict"] = False
+        rows = pgfast.execute(conn, _PG_RECORD_EVENTS, params)
+    inserted = 0
+    conflicts: list[tuple[str, str, str]] = []
+    for eid, owner, h, n in rows:
+        if eid is None:
+            inserted = int(n)
+        else:
+            conflicts.append((eid, owner, h))
+    _check_existing(tenant, prepared, sorted(conflicts))
+    return inserted
 
 
 def _window_hash(w: UsageWindow) -> tuple[str, str]:
@@ -247,11 +410,11 @@ def record_windows(
                 raise ConflictError(
                     prepared[key][2].key, "recorded earlier with a different payload"
                 )
-    acc: dict[rollup.RollupKey, Quantities] = {}
+    acc: rollup.Sums = {}
     for k in keys:
         if k in inserted:
-            rollup.add_record(acc, k[0], prepared[k][2].record)
-    rollup.upsert(conn, acc)
+            rollup.add_parts(acc, k[0], prepared[k][2].record)
+    rollup.upsert(conn, rollup.quantities(acc))
     if checkpoints:
         set_checkpoints(conn, checkpoints, now)
     return RecordResult(len(inserted), len(missing) + in_batch_dups)

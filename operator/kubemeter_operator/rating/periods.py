@@ -63,34 +63,32 @@ def _share(total: int, part_ms: int, whole_ms: int) -> int:
 def split_gpu_window(record: GpuUsage) -> list[tuple[Period, GpuUsage]]:
     """Split a GPU window at period boundaries, exactly and conserving every millisecond.
 
-    Active and idle (allocated − active) milliseconds are each shared in proportion to the
-    wall time a part covers (integer division, the last part takes the remainder); a part's
-    allocated time is its active plus idle time. So the parts sum to the whole and every
-    part keeps active <= allocated.
+    Allocated milliseconds are shared in proportion to the wall time each part covers
+    (cumulative integer division, so the parts sum to the whole). Active milliseconds follow
+    the same proportion, but a part never gets more active than allocated time: what does
+    not fit is carried to the next part. Every part keeps active <= allocated.
     """
     start, end = record.window_start.astimezone(UTC), record.window_end.astimezone(UTC)
     first, last = Period.of(start), Period.of(end - _MS)
     if first == last:
         return [(first, record)]
     whole_ms = (end - start) // _MS
-    idle_total = record.allocated_ms - record.active_ms
     parts: list[tuple[Period, GpuUsage]] = []
     period, cursor = first, start
-    active_left, idle_left = record.active_ms, idle_total
+    alloc_done = active_done = 0
     while True:
         part_end = min(period.end, end)
-        if part_end >= end:
-            active, idle = active_left, idle_left
-        else:
-            part_ms = (part_end - cursor) // _MS
-            active = _share(record.active_ms, part_ms, whole_ms)
-            idle = _share(idle_total, part_ms, whole_ms)
-        active_left -= active
-        idle_left -= idle
+        covered_ms = (part_end - start) // _MS
+        alloc_cum = _share(record.allocated_ms, covered_ms, whole_ms)
+        active_cum = _share(record.active_ms, covered_ms, whole_ms)
+        alloc = alloc_cum - alloc_done
+        active = min(alloc, max(0, active_cum - active_done))
+        alloc_done += alloc
+        active_done += active
         update = {
             "window_start": cursor,
             "window_end": part_end,
-            "allocated_ms": active + idle,
+            "allocated_ms": alloc,
             "active_ms": active,
         }
         parts.append((period, record.model_copy(update=update)))

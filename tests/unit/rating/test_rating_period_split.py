@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubemeter_operator.api.usage import GpuUsage
@@ -14,6 +14,7 @@ from kubemeter_operator.rating.periods import Period, split_gpu_window
 START = datetime(2026, 9, 30, 23, 0, tzinfo=UTC)
 
 
+@settings(max_examples=3000, deadline=None)
 @given(
     st.integers(min_value=1, max_value=200 * 24 * 3600 * 1000),
     st.integers(min_value=0, max_value=10**12),
