@@ -4,7 +4,7 @@ PYTHON ?= $(if $(wildcard .venv/bin/python),.venv/bin/python,python3)
 VENV := .venv
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps venv lint test test-unit crds
+.PHONY: help setup system-deps venv lint test test-unit crds demo demo-down
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -35,6 +35,12 @@ crds: venv ## Regenerate crds/ (and the chart's copy) from the API models
 
 test-unit: venv ## Unit tests only (no cluster, Prometheus or PostgreSQL)
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+demo: setup ## The main job on this machine: cluster, simulated GPUs, Prometheus, operator; spend rising
+	$(VENV)/bin/python hack/demo.py $(DEMO_ARGS)
+
+demo-down: ## Stop what `make demo DEMO_ARGS=--keep` left running
+	$(VENV)/bin/python hack/demo.py --down
 
 test: setup lint ## The whole suite: lint, unit and integration tests (real apiserver, Prometheus, PostgreSQL)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

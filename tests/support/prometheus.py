@@ -95,7 +95,7 @@ class PrometheusServer:
     def _write_config(self) -> None:
         config = {
             "global": {"scrape_interval": self.scrape_interval, "scrape_timeout": "900ms"
-                       if self.scrape_interval == "1s" else "10s"},
+                       if self.scrape_interval == "1s" else self.scrape_interval},
             "scrape_configs": [
                 {
                     "job_name": self.job,

@@ -33,8 +33,8 @@ for ``prune_after`` are dropped. The stored values are what has been *counted* (
 above allocated ms in one window is carried to the next, so ``active <= allocated`` holds per
 record without losing anything).
 
-Token sources: the first time a source appears (a plan gains a Prometheus token meter) its
-current values are taken as the baseline and nothing is billed for them, so months of
+Token sources: the first time a source appears with series (a plan gains a Prometheus token
+meter) its current values are taken as the baseline and nothing is billed for them, so months of
 history in a long-running inference server's counters are not billed at once. GPU series
 have no such baseline: the exporter is installed with the operator, and its series are born
 at 0 (on the very first run, what the counters hold is billed into the first window).
@@ -314,6 +314,8 @@ class MeteringCycle:
                 new_state.tokens[key] = points
         for key, reading in readings.items():
             previous = state.tokens.get(key)
+            if previous is None and not reading.series:
+                continue  # nothing seen yet: the baseline is taken when series first show
             current = {sid: (s.value,) for sid, s in reading.series.items()}
             if previous is not None:
                 for sid, s in reading.series.items():

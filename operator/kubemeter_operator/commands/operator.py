@@ -1,0 +1,54 @@
+"""`kubemeter operator`: run the operator (kopf) with the metering loop and events API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+from kubemeter_operator.config import OperatorConfig
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "operator",
+        help="run the operator: meter tenants, write status, serve the events API",
+        description="Flags may also be given as KUBEMETER_<FLAG> environment variables "
+        "(e.g. KUBEMETER_PROMETHEUS_URL).",
+    )
+    parser.add_argument("--prometheus-url", dest="prometheus_url")
+    parser.add_argument("--db", help="ledger URL (default sqlite:///kubemeter-ledger.db)")
+    parser.add_argument("--interval", dest="interval_s", type=float, help="seconds (15)")
+    parser.add_argument("--lag", dest="lag_s", type=float, help="seconds window ends trail now")
+    parser.add_argument("--events-listen", dest="events_listen", help="host:port ('' = off)")
+    parser.add_argument("--metrics-port", dest="metrics_port", type=int)
+    parser.add_argument("--kubeconfig")
+    parser.add_argument("--standalone", action="store_true", default=None)
+    parser.add_argument("--log-level", default="INFO")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = OperatorConfig.load(vars(args))
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # kopf logs every handled watch event at INFO; keep its per-object chatter to warnings
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    if config.kubeconfig:  # kopf's own login reads it from the environment
+        os.environ["KUBECONFIG"] = config.kubeconfig
+
+    import kopf
+
+    import kubemeter_operator.handlers  # noqa: F401  (registers the handlers)
+
+    asyncio.run(
+        kopf.operator(
+            clusterwide=True,
+            standalone=config.standalone,
+            memo=kopf.Memo(config=config),
+        )
+    )
+    return 0

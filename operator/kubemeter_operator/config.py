@@ -1,0 +1,71 @@
+"""Operator configuration: flags and environment, validated before anything starts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kubemeter_operator.api.errors import format_validation_error
+from kubemeter_operator.errors import InputError
+
+ENV_PREFIX = "KUBEMETER_"
+
+
+class OperatorConfig(BaseModel):
+    """Everything the operator process needs. Each field can come from a flag or from
+    `KUBEMETER_<FIELD>` in the environment (e.g. `KUBEMETER_PROMETHEUS_URL`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prometheus_url: str = Field(pattern=r"^https?://[^\s]+$")
+    """Prometheus that scrapes the exporter (and the inference servers)."""
+    db: str = "sqlite:///kubemeter-ledger.db"
+    """The ledger: a SQLite file URL/path or a postgresql+psycopg:// URL."""
+    interval_s: float = Field(default=15.0, gt=0, le=3600)
+    """Metering interval (seconds)."""
+    lag_s: float = Field(default=30.0, ge=0, le=3600)
+    """How far window ends trail now (>= scrape interval + scrape timeout)."""
+    events_listen: str = "0.0.0.0:8080"
+    """host:port of the events API; empty disables it."""
+    metrics_port: int = Field(default=9090, ge=0, le=65535)
+    """Port of the operator's own /metrics (0 disables it)."""
+    kubeconfig: str | None = None
+    """Kubeconfig path; in-cluster config when unset."""
+    standalone: bool = False
+    """Run without kopf peering (a single replica)."""
+
+    @field_validator("events_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value == "":
+            return value
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port")
+        return value
+
+    @property
+    def events_host_port(self) -> tuple[str, int] | None:
+        if not self.events_listen:
+            return None
+        host, _, port = self.events_listen.rpartition(":")
+        return host or "0.0.0.0", int(port)
+
+    @classmethod
+    def load(cls, flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Flags win over `KUBEMETER_*` environment variables; errors name the field."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            flag = flags.get(name)
+            if flag is not None:
+                values[name] = flag
+            elif f"{ENV_PREFIX}{name.upper()}" in env:
+                values[name] = env[f"{ENV_PREFIX}{name.upper()}"]
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise InputError("config", format_validation_error(exc)) from exc

@@ -1,0 +1,62 @@
+"""The kopf handlers: the only module that registers with kopf. Thin by design: each
+handler hands the watched object to `OperatorService`, which parses it into the API models
+and does the work. Our errors become kopf's at this edge."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kubemeter_operator.api.priceplan import GROUP, VERSION
+from kubemeter_operator.errors import PermanentError, TransientError
+from kubemeter_operator.service import OperatorService
+
+log = logging.getLogger(__name__)
+
+
+def _service(memo: kopf.Memo) -> OperatorService:
+    service: OperatorService = memo["service"]
+    return service
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.posting.level = logging.WARNING
+    service = OperatorService(memo["config"])
+    try:
+        await service.start()
+    except TransientError as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
+    except PermanentError as exc:
+        raise kopf.PermanentError(str(exc)) from exc
+    memo["service"] = service
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "service" in memo:
+        await _service(memo).stop()
+
+
+@kopf.on.event("", "v1", "pods")
+def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _service(memo).pod_event(type, body)
+
+
+@kopf.on.event(GROUP, VERSION, "tenants")
+def tenant_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _service(memo).tenant_event(type, body)
+
+
+@kopf.on.event(GROUP, VERSION, "priceplans")
+async def priceplan_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        await _service(memo).priceplan_event(type, body)
+    except TransientError as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
+    except PermanentError as exc:
+        raise kopf.PermanentError(str(exc)) from exc

@@ -1,0 +1,235 @@
+"""The operator process: what the kopf handlers feed and what runs beside them.
+
+`OperatorService` keeps the current Tenants, PricePlans and pods (fed by watch events from
+`handlers`), runs the metering loop and the events API on kopf's event loop, and after each
+metering cycle has `TenantReconciler` write every Tenant's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kubernetes
+import prometheus_client
+from aiohttp import web
+from pydantic import ValidationError
+
+from kubemeter_operator.api.conditions import Condition
+from kubemeter_operator.api.errors import format_validation_error
+from kubemeter_operator.api.priceplan import PricePlan, PricePlanSpec, PricePlanStatus
+from kubemeter_operator.api.tenant import Tenant
+from kubemeter_operator.config import OperatorConfig
+from kubemeter_operator.events_api.app import create_app
+from kubemeter_operator.events_api.k8s_tokens import (
+    KubernetesTokenStore,
+    kubernetes_secret_reader,
+)
+from kubemeter_operator.events_api.server import serve
+from kubemeter_operator.kube.client import KubeWriter, list_world, load_api_client
+from kubemeter_operator.ledger import Ledger
+from kubemeter_operator.metering.cycle import CycleResult, MeteringConfig, MeteringCycle
+from kubemeter_operator.metering.loop import MeteringLoop
+from kubemeter_operator.metering.metrics import MeteringMetrics
+from kubemeter_operator.metering.pods import PodMeta, PodRegistry
+from kubemeter_operator.metering.prometheus import PrometheusClient
+from kubemeter_operator.reconcile import CycleFacts, TenantReconciler
+
+log = logging.getLogger(__name__)
+
+
+def pod_meta(body: Mapping[str, Any]) -> PodMeta:
+    meta = body.get("metadata") or {}
+    return PodMeta(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        labels=dict(meta.get("labels") or {}),
+    )
+
+
+def priceplan_status(body: Mapping[str, Any]) -> tuple[PricePlan | None, dict[str, Any]]:
+    """Parse a PricePlan body; return it (None if invalid) and the status it should show."""
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    now = datetime.now(UTC).replace(microsecond=0)
+    try:
+        plan = PricePlan.model_validate(dict(body))
+    except ValidationError as exc:
+        message = format_validation_error(exc, data=dict(body))
+        condition = Condition(
+            type="Valid", status="False", reason="InvalidSpec", message=message[:2000],
+            last_transition_time=now, observed_generation=generation,
+        )  # fmt: skip
+        status = PricePlanStatus(observed_generation=generation, conditions=[condition])
+        return None, status.to_api()
+    condition = Condition(
+        type="Valid", status="True", reason="Accepted",
+        message=f"{len(plan.spec.meters)} meters in {plan.spec.currency}",
+        last_transition_time=now, observed_generation=generation,
+    )  # fmt: skip
+    status = PricePlanStatus(
+        meter_count=len(plan.spec.meters), observed_generation=generation, conditions=[condition]
+    )
+    return plan, status.to_api()
+
+
+def _same_status(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
+    """Equal ignoring condition transition times."""
+
+    def strip(status: Mapping[str, Any] | None) -> Any:
+        status = dict(status or {})
+        status["conditions"] = [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"}
+            for c in status.get("conditions", [])
+        ]
+        return status
+
+    return bool(strip(current) == strip(wanted))
+
+
+class OperatorService:
+    """State and background work of one operator process."""
+
+    def __init__(self, config: OperatorConfig) -> None:
+        self.config = config
+        self.tenants: dict[str, Tenant] = {}
+        self.plans: dict[str, PricePlan] = {}
+        self.pods = PodRegistry()
+        self.ledger: Ledger | None = None
+        self.loop: MeteringLoop | None = None
+        self.writer: KubeWriter | None = None
+        self.reconciler: TenantReconciler | None = None
+        self.token_store: KubernetesTokenStore | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+
+    # -- watch events (from handlers) ---------------------------------------------------
+
+    def pod_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        meta = pod_meta(body)
+        if kind == "DELETED":
+            self.pods.delete(meta)
+        else:
+            self.pods.upsert(meta)
+
+    def tenant_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        name = str((body.get("metadata") or {}).get("name", ""))
+        if kind == "DELETED":
+            self.tenants.pop(name, None)
+            if self.reconciler is not None:
+                self.reconciler.forget(name)
+        else:
+            try:
+                self.tenants[name] = Tenant.model_validate(dict(body))
+            except ValidationError as exc:  # the CRD schema should have refused it
+                log.error("tenant %s ignored: %s", name, format_validation_error(exc))
+                self.tenants.pop(name, None)
+        if self.token_store is not None:
+            self.token_store.tenants_changed()
+
+    async def priceplan_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
+        name = str((body.get("metadata") or {}).get("name", ""))
+        if kind == "DELETED":
+            self.plans.pop(name, None)
+            return
+        plan, wanted = priceplan_status(body)
+        if plan is None:
+            self.plans.pop(name, None)
+        else:
+            self.plans[name] = plan
+        if self.writer is not None and not _same_status(body.get("status"), wanted):
+            await self.writer.patch_status("priceplans", name, {"status": wanted})
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _inputs(self) -> tuple[list[Tenant], dict[str, PricePlanSpec]]:
+        return list(self.tenants.values()), {n: p.spec for n, p in self.plans.items()}
+
+    async def start(self) -> None:
+        cfg = self.config
+        api_client = load_api_client(cfg.kubeconfig)
+        self.writer = KubeWriter(api_client)
+        self.ledger = await asyncio.to_thread(Ledger.open, cfg.db)
+        self.reconciler = TenantReconciler(self.ledger, self.writer)
+        cycle = MeteringCycle(
+            self.ledger,
+            PrometheusClient(cfg.prometheus_url),
+            self.pods,
+            MeteringConfig(
+                step=timedelta(seconds=cfg.interval_s), lag=timedelta(seconds=cfg.lag_s)
+            ),
+            metrics=MeteringMetrics(),
+        )
+        await self._seed(api_client)
+        self.loop = MeteringLoop(
+            cycle, self._inputs, on_cycle=self._after_cycle, on_error=self._after_error
+        )
+        self._tasks.append(asyncio.create_task(self.loop.run(), name="metering-loop"))
+        if cfg.metrics_port:
+            prometheus_client.start_http_server(cfg.metrics_port)
+        listen = cfg.events_host_port
+        if listen is not None:
+            core = kubernetes.client.CoreV1Api(api_client)
+            self.token_store = KubernetesTokenStore(
+                lambda: dict(self.tenants), kubernetes_secret_reader(core)
+            )
+            self._tasks.append(asyncio.create_task(self.token_store.run(), name="token-store"))
+            app = create_app(self.ledger, self.token_store, lambda: dict(self.tenants))
+            self._runner = await serve(app, host=listen[0], port=listen[1])
+        log.info("kubemeter operator started (ledger %s)", self.ledger.dialect)
+
+    async def _seed(self, api_client: Any) -> None:
+        """List Tenants, PricePlans and pods before the first metering cycle, so a
+        (re)started operator never meters a window before it knows who owns what; the watch
+        events from the handlers keep the registries current afterwards."""
+        tenants, plans, pods = await asyncio.to_thread(list_world, api_client)
+        for body in plans:
+            plan, _ = priceplan_status(body)
+            if plan is not None:
+                self.plans.setdefault(plan.name, plan)
+        for body in tenants:
+            name = str(body.get("metadata", {}).get("name", ""))
+            if name not in self.tenants:
+                self.tenant_event(None, body)
+        for body in pods:
+            self.pods.upsert(pod_meta(body))
+        log.info("seeded %d tenants, %d price plans, %d pods", len(tenants), len(plans), len(pods))
+
+    async def stop(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.ledger is not None:
+            await asyncio.to_thread(self.ledger.close)
+
+    # -- after each cycle ----------------------------------------------------------------
+
+    def _facts(self) -> CycleFacts:
+        assert self.loop is not None
+        return CycleFacts(
+            now=datetime.now(UTC),
+            metered_until=self.loop.last_success,
+            degraded=dict(self.loop.degraded),
+        )
+
+    async def _after_cycle(self, result: CycleResult) -> None:
+        if self.reconciler is None or result.behind:
+            return
+        await self.reconciler.reconcile_all(dict(self.tenants), dict(self.plans), self._facts())
+
+    async def _after_error(self, exc: Exception) -> None:
+        # Still write status: MeteringDegraded shows the failure on every Tenant.
+        if self.reconciler is None:
+            return
+        await self.reconciler.reconcile_all(dict(self.tenants), dict(self.plans), self._facts())
