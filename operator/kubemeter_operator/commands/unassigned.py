@@ -13,15 +13,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
-
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import DEFAULT_URL, Ledger
-from kubemeter_operator.ledger.codec import parse_record
-from kubemeter_operator.ledger.dberrors import wrapped
-from kubemeter_operator.ledger.engine import READONLY
-from kubemeter_operator.ledger.schema import usage_window
 from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.tenancy import UNASSIGNED
 
@@ -59,32 +53,19 @@ def register(sub: Any) -> None:
 
 def unassigned_usage(ledger: Ledger, period: Period) -> list[Row]:
     """Unassigned usage of ``period`` per (namespace, pod), from the recorded windows."""
-    c = usage_window.c
-    stmt = (
-        select(c.payload)
-        .where(c.tenant == UNASSIGNED)
-        .where(c.window_start >= period.start)
-        .where(c.window_start < period.end)
-    )
     rows: dict[tuple[str, str], Row] = {}
-    with (
-        wrapped("unassigned usage"),
-        ledger.engine.connect().execution_options(**{READONLY: True}) as conn,
-        conn.begin(),
-    ):
-        for (payload,) in conn.execute(stmt):
-            record = parse_record(payload)
-            key = (record.namespace or "", record.pod or "")
-            row = rows.get(key)
-            if row is None:
-                row = rows[key] = Row(*key)
-            if isinstance(record, GpuUsage):
-                row.gpu_allocated_ms += record.allocated_ms
-                row.gpu_active_ms += record.active_ms
-            elif isinstance(record, TokenUsage):
-                row.prompt_tokens += record.prompt_tokens
-                row.completion_tokens += record.completion_tokens
-                row.cached_prompt_tokens += record.cached_prompt_tokens
+    for record in ledger.window_records(UNASSIGNED, period):
+        key = (record.namespace or "", record.pod or "")
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = Row(*key)
+        if isinstance(record, GpuUsage):
+            row.gpu_allocated_ms += record.allocated_ms
+            row.gpu_active_ms += record.active_ms
+        elif isinstance(record, TokenUsage):
+            row.prompt_tokens += record.prompt_tokens
+            row.completion_tokens += record.completion_tokens
+            row.cached_prompt_tokens += record.cached_prompt_tokens
     return [rows[k] for k in sorted(rows)]
 
 

@@ -135,6 +135,10 @@ class Ledger:
             "daily totals", lambda c: queries.daily_totals(c, tenant, from_day, to_day)
         )
 
+    def window_records(self, tenant: str, period: Period) -> list[UsageRecord]:
+        """Usage records of the metering windows of `tenant` that start in `period`."""
+        return self._read("window records", lambda c: queries.window_records(c, tenant, period))
+
     def tenants(self, period: Period) -> list[str]:
         """Tenants with usage, terms or a statement in the period."""
 

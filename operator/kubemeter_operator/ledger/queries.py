@@ -8,7 +8,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Select, select
 
-from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, usage_rollup
+from kubemeter_operator.api.usage import UsageRecord
+from kubemeter_operator.ledger.codec import parse_record
+from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, usage_rollup, usage_window
 from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.rating.totals import Quantities, UsageKey, UsageTotals
 
@@ -62,3 +64,16 @@ def tenants_with_usage(conn: Connection, period: Period) -> list[str]:
     return sorted(
         conn.execute(select(_R.tenant).where(_R.period == str(period)).distinct()).scalars()
     )
+
+
+def window_records(conn: Connection, tenant: str, period: Period) -> list[UsageRecord]:
+    """The usage records of the metering windows of `tenant` starting in `period`."""
+    c = usage_window.c
+    stmt = (
+        select(c.payload)
+        .where(c.tenant == tenant)
+        .where(c.window_start >= period.start)
+        .where(c.window_start < period.end)
+        .order_by(c.window_start)
+    )
+    return [parse_record(payload) for (payload,) in conn.execute(stmt)]
