@@ -1,6 +1,7 @@
 """The kopf handlers: the only module that registers with kopf. Thin by design: each
 handler hands the watched object to `OperatorService`, which parses it into the API models
-and does the work. Our errors become kopf's at this edge."""
+and does the work. Our errors become kopf's at this edge. (Pods are not watched through kopf:
+the service follows their metadata only, see `kube.pods`.)"""
 
 from __future__ import annotations
 
@@ -40,11 +41,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if "service" in memo:
         await _service(memo).stop()
-
-
-@kopf.on.event("", "v1", "pods")
-def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    _service(memo).pod_event(type, body)
 
 
 @kopf.on.event(GROUP, VERSION, "tenants")

@@ -31,25 +31,16 @@ from kubemeter_operator.events_api.k8s_tokens import (
 )
 from kubemeter_operator.events_api.server import serve
 from kubemeter_operator.kube.client import KubeWriter, list_world, load_api_client
+from kubemeter_operator.kube.pods import PodMetadataWatch, start_pod_watch
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import CycleResult, MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
-from kubemeter_operator.metering.pods import PodMeta, PodRegistry
+from kubemeter_operator.metering.pods import PodRegistry
 from kubemeter_operator.metering.prometheus import PrometheusClient
 from kubemeter_operator.reconcile import CycleFacts, TenantReconciler
 
 log = logging.getLogger(__name__)
-
-
-def pod_meta(body: Mapping[str, Any]) -> PodMeta:
-    meta = body.get("metadata") or {}
-    return PodMeta(
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        uid=str(meta.get("uid", "")),
-        labels=dict(meta.get("labels") or {}),
-    )
 
 
 def priceplan_status(body: Mapping[str, Any]) -> tuple[PricePlan | None, dict[str, Any]]:
@@ -107,15 +98,9 @@ class OperatorService:
         self.token_store: KubernetesTokenStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
+        self._pod_watch: PodMetadataWatch | None = None
 
     # -- watch events (from handlers) ---------------------------------------------------
-
-    def pod_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
-        meta = pod_meta(body)
-        if kind == "DELETED":
-            self.pods.delete(meta)
-        else:
-            self.pods.upsert(meta)
 
     def tenant_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
         name = str((body.get("metadata") or {}).get("name", ""))
@@ -185,9 +170,11 @@ class OperatorService:
 
     async def _seed(self, api_client: Any) -> None:
         """List Tenants, PricePlans and pods before the first metering cycle, so a
-        (re)started operator never meters a window before it knows who owns what; the watch
-        events from the handlers keep the registries current afterwards."""
-        tenants, plans, pods = await asyncio.to_thread(list_world, api_client)
+        (re)started operator never meters a window before it knows who owns what. kopf's
+        watch events keep Tenants and PricePlans current afterwards; pods (thousands) are
+        followed by a metadata-only watch of our own (`kube.pods`)."""
+        tenants, plans = await asyncio.to_thread(list_world, api_client)
+        self._pod_watch = await asyncio.to_thread(start_pod_watch, api_client, self.pods)
         for body in plans:
             plan, _ = priceplan_status(body)
             if plan is not None:
@@ -196,13 +183,15 @@ class OperatorService:
             name = str(body.get("metadata", {}).get("name", ""))
             if name not in self.tenants:
                 self.tenant_event(None, body)
-        for body in pods:
-            self.pods.upsert(pod_meta(body))
-        log.info("seeded %d tenants, %d price plans, %d pods", len(tenants), len(plans), len(pods))
+        log.info(
+            "seeded %d tenants, %d price plans, %d pods", len(tenants), len(plans), len(self.pods)
+        )
 
     async def stop(self) -> None:
         if self.loop is not None:
             self.loop.stop()
+        if self._pod_watch is not None:
+            await asyncio.to_thread(self._pod_watch.stop)
         if self._runner is not None:
             await self._runner.cleanup()
         for task in self._tasks:

@@ -7,7 +7,6 @@ other 4xx are PermanentError (surface them).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
 from datetime import UTC, datetime
@@ -49,18 +48,15 @@ def _wrap(what: str, exc: Exception) -> Exception:
     return TransientError(f"{what}: {exc}")
 
 
-def list_world(api_client: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
-    """Tenants, PricePlans (as dicts) and pods (as dicts) in the cluster right now."""
+def list_world(api_client: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Tenants and PricePlans in the cluster right now."""
     custom = kubernetes.client.CustomObjectsApi(api_client)
-    core = kubernetes.client.CoreV1Api(api_client)
     try:
         tenants: Any = custom.list_cluster_custom_object(GROUP, VERSION, "tenants")
         plans: Any = custom.list_cluster_custom_object(GROUP, VERSION, "priceplans")
-        raw: Any = core.list_pod_for_all_namespaces(_preload_content=False)
-        pods = json.loads(raw.data)["items"]
     except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise _wrap("list tenants, price plans and pods", exc) from exc
-    return list(tenants["items"]), list(plans["items"]), list(pods)
+        raise _wrap("list tenants and price plans", exc) from exc
+    return list(tenants["items"]), list(plans["items"])
 
 
 class KubeWriter:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 
@@ -132,7 +133,10 @@ class MeteringLoop:
         """Meter until :meth:`stop`."""
         self._stop.clear()
         while not self._stop.is_set():
-            wait = await self.step()
+            started = time.monotonic()
+            # the wait counts from the cycle's start, so the cadence does not drift by the
+            # time the cycle and its hooks (status writes) took
+            wait = await self.step() - (time.monotonic() - started)
             if wait <= 0:
                 await asyncio.sleep(0)
                 continue

@@ -81,6 +81,14 @@ class PodRegistry:
             self._deleted[key] = self._clock()
             self._expire_locked()
 
+    def forget_missing(self, present_uids: set[str]) -> None:
+        """After a fresh list: pods not in it were deleted while nobody watched."""
+        with self._lock:
+            gone = [p for uid, p in self._by_uid.items() if uid not in present_uids]
+        for pod in gone:
+            if pod.uid not in self._deleted:
+                self.delete(pod)
+
     def lookup(self, namespace: str, name: str, uid: str = "") -> PodMeta | None:
         with self._lock:
             if uid and uid in self._by_uid:
