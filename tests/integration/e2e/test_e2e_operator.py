@@ -566,6 +566,11 @@ def test_operator_meters_rates_and_survives_crashes(world: dict[str, Any]) -> No
     assert "orphan" in unassigned.stdout
     assert "stray-0" in unassigned.stdout
 
+    # the Prometheus outage was announced on every Tenant, and so was its end
+    events = k.get_json("events", "-n", "default", "--field-selector", "involvedObject.name=acme")
+    reasons = {e["reason"] for e in events["items"]}
+    assert {"MeteringDegraded", "MeteringRecovered"} <= reasons, reasons
+
     table = k.kubectl_ok("get", "tenants")
     assert "acme" in table
     assert "e2e-usd" in table
