@@ -107,10 +107,16 @@ class Ledger:
         windows: Sequence[UsageWindow],
         *,
         checkpoints: Mapping[str, Mapping[str, Any]] | None = None,
+        expect_checkpoints: Mapping[str, Mapping[str, Any] | None] | None = None,
     ) -> RecordResult:
-        """Record metering windows (and checkpoints) in one transaction, idempotently."""
+        """Record metering windows (and checkpoints) in one transaction, idempotently.
+
+        `expect_checkpoints`: the checkpoint values the caller computed from (None: none
+        yet); if one has moved meanwhile the call is a ConflictError and writes nothing."""
         with self._write_tx("record windows") as conn:
-            return usage.record_windows(conn, windows, checkpoints, self._clock())
+            return usage.record_windows(
+                conn, windows, checkpoints, self._clock(), expect_checkpoints
+            )
 
     def set_checkpoint(self, name: str, value: Mapping[str, Any]) -> None:
         with self._write_tx("set checkpoint") as conn:

@@ -348,7 +348,10 @@ def record_windows(
     windows: Sequence[UsageWindow],
     checkpoints: Mapping[str, Mapping[str, Any]] | None,
     now: datetime,
+    expect: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> RecordResult:
+    if expect:
+        check_checkpoints(conn, expect)
     prepared: dict[WindowKey, tuple[str, str, UsageWindow]] = {}
     in_batch_dups = 0
     for i, w in enumerate(windows):
@@ -435,6 +438,22 @@ def set_checkpoints(
         set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at},
     )
     conn.execute(stmt, rows)
+
+
+def check_checkpoints(conn: Connection, expect: Mapping[str, Mapping[str, Any] | None]) -> None:
+    """Compare-and-set guard: each named checkpoint must still hold what the caller read
+    (None: absent). The row is locked (PostgreSQL; SQLite writes are already exclusive),
+    so another writer cannot move it before this transaction commits."""
+    for name in sorted(expect):
+        stmt = select(checkpoint.c.value).where(checkpoint.c.name == name).with_for_update()
+        stored = conn.execute(stmt).scalar()
+        current = json.loads(stored) if stored is not None else None
+        expected = expect[name]
+        wanted = dict(expected) if expected is not None else None
+        if json.dumps(current, sort_keys=True) != json.dumps(wanted, sort_keys=True):
+            raise ConflictError(
+                f"checkpoint {name!r}", "it moved since it was read (another writer?)"
+            )
 
 
 def get_checkpoint(conn: Connection, name: str) -> dict[str, Any] | None:

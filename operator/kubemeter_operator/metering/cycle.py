@@ -81,6 +81,7 @@ class Ledger(Protocol):
         windows: Sequence[UsageWindow],
         *,
         checkpoints: Mapping[str, Mapping[str, Any]] | None = None,
+        expect_checkpoints: Mapping[str, Mapping[str, Any] | None] | None = None,
     ) -> RecordResult: ...
 
 
@@ -260,7 +261,8 @@ class MeteringCycle:
     ) -> CycleResult:
         cfg = self.config
         t0 = time.perf_counter()
-        state = _State.load(self.ledger.get_checkpoint(cfg.checkpoint_name))
+        raw_checkpoint = self.ledger.get_checkpoint(cfg.checkpoint_name)
+        state = _State.load(raw_checkpoint)
         window = next_window(state.time, now, step=cfg.step, lag=cfg.lag, max_window=cfg.max_window)
         result = CycleResult(window, namespace_conflicts=tenancy.conflicts)
         if window is None:
@@ -330,7 +332,10 @@ class MeteringCycle:
 
         # -- commit usage and checkpoint together -------------------------------------
         recorded = self.ledger.record_windows(
-            windows, checkpoints={cfg.checkpoint_name: new_state.dump()}
+            windows,
+            checkpoints={cfg.checkpoint_name: new_state.dump()},
+            # another replica that committed since we read the checkpoint wins; we reload
+            expect_checkpoints={cfg.checkpoint_name: raw_checkpoint},
         )
         result.write_s = time.perf_counter() - t2
         result.accepted, result.duplicates = recorded.accepted, recorded.duplicates

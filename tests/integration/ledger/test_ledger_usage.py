@@ -196,6 +196,33 @@ def test_windows_idempotent_with_checkpoint_in_same_transaction(ledger: Ledger) 
     assert ledger.get_checkpoint("other") == {"n": 1}
 
 
+def test_checkpoint_guard_refuses_a_write_based_on_a_stale_checkpoint(ledger: Ledger) -> None:
+    """Two writers read the same checkpoint; the second to commit is refused whole."""
+    read_by_both = ledger.get_checkpoint("metering")
+    assert read_by_both is None
+    ledger.record_windows(
+        [window("gpu-0", 0, 60_000)],
+        checkpoints={"metering": {"time": "00:01"}},
+        expect_checkpoints={"metering": read_by_both},
+    )
+    with pytest.raises(ConflictError) as err:
+        ledger.record_windows(
+            [window("gpu-0", 1, 60_000)],  # even a window with no key clash
+            checkpoints={"metering": {"time": "00:01-other"}},
+            expect_checkpoints={"metering": read_by_both},
+        )
+    assert "metering" in str(err.value)
+    assert ledger.get_checkpoint("metering") == {"time": "00:01"}
+    assert count(ledger, usage_window) == 1
+    # with the checkpoint it read now, the writer goes ahead
+    ledger.record_windows(
+        [window("gpu-0", 1, 60_000)],
+        checkpoints={"metering": {"time": "00:02"}},
+        expect_checkpoints={"metering": {"time": "00:01"}},
+    )
+    assert count(ledger, usage_window) == 2
+
+
 @pytest.mark.parametrize(
     "text",
     ["0", "1", "0.000000000001", "12345678901234567890123456.123456789012", "10.5",

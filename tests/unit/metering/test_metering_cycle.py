@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from kubemeter_exporter import contract
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
-from kubemeter_operator.errors import ConflictError, InputError, TransientError
+from kubemeter_operator.errors import InputError, TransientError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.loop import MeteringLoop
@@ -292,12 +292,15 @@ def test_conflict_from_another_replica_reloads_and_continues(ledger: Ledger) -> 
         def get_checkpoint(self, name: str) -> dict[str, Any] | None:
             return ledger.get_checkpoint(name)
 
-        def record_windows(self, windows: Any, *, checkpoints: Any = None) -> Any:
+        def record_windows(
+            self, windows: Any, *, checkpoints: Any = None, expect_checkpoints: Any = None
+        ) -> Any:
             if not self.raced:
-                self.raced = True
+                self.raced = True  # the other replica commits between our read and write
                 make(ledger, prom).run(TENANTS, PLANS, now=now + timedelta(seconds=15))
-                raise ConflictError("w", "recorded earlier with a different payload")
-            return ledger.record_windows(windows, checkpoints=checkpoints)
+            return ledger.record_windows(
+                windows, checkpoints=checkpoints, expect_checkpoints=expect_checkpoints
+            )
 
     r = make(Racing(), prom).run(TENANTS, PLANS, now=now)
     assert r.replica_conflicts == 1
