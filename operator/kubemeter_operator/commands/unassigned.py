@@ -2,39 +2,28 @@
 
 The metering loop records such usage under the reserved ledger tenant ``_unassigned``
 (never dropped); this lists it for a period so the admin can add or fix Tenants.
+The ledger is --db, else $KUBEMETER_DB, else sqlite:///kubemeter-ledger.db (as for
+every other command).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage
-from kubemeter_operator.errors import InputError
-from kubemeter_operator.ledger import DEFAULT_URL, Ledger
+from kubemeter_operator.commands.invoice import parse_period
+from kubemeter_operator.ledger import Ledger
+from kubemeter_operator.ledger.engine import resolve_url
+from kubemeter_operator.metering.cycle import UnassignedUsage
 from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.tenancy import UNASSIGNED
 
-ENV_DB = "KUBEMETER_LEDGER_URL"
-
-
-@dataclass
-class Row:
-    namespace: str
-    pod: str
-    gpu_allocated_ms: int = 0
-    gpu_active_ms: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_prompt_tokens: int = 0
-
-    @property
-    def gpu_hours(self) -> str:
-        return f"{self.gpu_allocated_ms / 3_600_000:.4f}"
+MS_PER_HOUR = Decimal(3_600_000)
 
 
 def register(sub: Any) -> None:
@@ -43,25 +32,23 @@ def register(sub: Any) -> None:
     )
     parser.add_argument("--period", help="billing period YYYY-MM (default: the current one)")
     parser.add_argument(
-        "--db",
-        default=os.environ.get(ENV_DB, DEFAULT_URL),
-        help=f"ledger URL or SQLite path (default: ${ENV_DB} or {DEFAULT_URL})",
+        "--db", metavar="URL", help="ledger URL (default: $KUBEMETER_DB or the local SQLite)"
     )
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.set_defaults(run=run)
 
 
-def unassigned_usage(ledger: Ledger, period: Period) -> list[Row]:
+def unassigned_usage(ledger: Ledger, period: Period) -> list[UnassignedUsage]:
     """Unassigned usage of ``period`` per (namespace, pod), from the recorded windows."""
-    rows: dict[tuple[str, str], Row] = {}
+    rows: dict[tuple[str, str], UnassignedUsage] = {}
     for record in ledger.window_records(UNASSIGNED, period):
         key = (record.namespace or "", record.pod or "")
         row = rows.get(key)
         if row is None:
-            row = rows[key] = Row(*key)
+            row = rows[key] = UnassignedUsage(*key, reason="")
         if isinstance(record, GpuUsage):
-            row.gpu_allocated_ms += record.allocated_ms
-            row.gpu_active_ms += record.active_ms
+            row.allocated_ms += record.allocated_ms
+            row.active_ms += record.active_ms
         elif isinstance(record, TokenUsage):
             row.prompt_tokens += record.prompt_tokens
             row.completion_tokens += record.completion_tokens
@@ -69,23 +56,25 @@ def unassigned_usage(ledger: Ledger, period: Period) -> list[Row]:
     return [rows[k] for k in sorted(rows)]
 
 
+def _gpu_hours(row: UnassignedUsage) -> str:
+    return f"{Decimal(row.allocated_ms) / MS_PER_HOUR:.4f}"
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        period = Period.parse(args.period) if args.period else Period.of(datetime.now(UTC))
-    except ValueError as exc:
-        raise InputError("--period", str(exc)) from exc
-    with Ledger.open(args.db, migrate=False) as ledger:
+    period = parse_period(args.period) if args.period else Period.of(datetime.now(UTC))
+    with Ledger.open(resolve_url(args.db), migrate=False) as ledger:
         rows = unassigned_usage(ledger, period)
     if args.output == "json":
-        print(json.dumps({"period": str(period), "pods": [asdict(r) for r in rows]}, indent=2))
+        pods = [{k: v for k, v in asdict(r).items() if k != "reason"} for r in rows]
+        print(json.dumps({"period": str(period), "pods": pods}, indent=2))
         return 0
     if not rows:
         print(f"no unassigned usage in {period}")
         return 0
     header = ("NAMESPACE", "POD", "GPU-HOURS", "GPU-MS", "ACTIVE-MS", "PROMPT", "COMPLETION")
     table = [header] + [
-        (r.namespace or "<none>", r.pod or "<none>", r.gpu_hours, str(r.gpu_allocated_ms),
-         str(r.gpu_active_ms), str(r.prompt_tokens), str(r.completion_tokens))
+        (r.namespace or "<none>", r.pod or "<none>", _gpu_hours(r), str(r.allocated_ms),
+         str(r.active_ms), str(r.prompt_tokens), str(r.completion_tokens))
         for r in rows
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
