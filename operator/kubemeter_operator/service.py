@@ -104,6 +104,7 @@ class OperatorService:
 
     def tenant_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
         name = str((body.get("metadata") or {}).get("name", ""))
+        before = self._token_refs()
         if kind == "DELETED":
             self.tenants.pop(name, None)
             if self.reconciler is not None:
@@ -114,8 +115,13 @@ class OperatorService:
             except ValidationError as exc:  # the CRD schema should have refused it
                 log.error("tenant %s ignored: %s", name, format_validation_error(exc))
                 self.tenants.pop(name, None)
-        if self.token_store is not None:
+        # Status patches (every cycle) come back as Tenant events too: re-read the token
+        # Secrets only when which tenants exist or which Secret they name has changed.
+        if self.token_store is not None and self._token_refs() != before:
             self.token_store.tenants_changed()
+
+    def _token_refs(self) -> dict[str, object]:
+        return {name: t.spec.api_token_secret_ref for name, t in self.tenants.items()}
 
     async def priceplan_event(self, kind: str | None, body: Mapping[str, Any]) -> None:
         name = str((body.get("metadata") or {}).get("name", ""))
