@@ -20,7 +20,7 @@ from bench_ingest import load_pgtmp
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage, UsageRecord
 from kubemeter_operator.ledger import Ledger
-from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.usage.periods import Period
 
 PLAN = PricePlanSpec.model_validate({
     "currency": "USD", "platformFee": "100",

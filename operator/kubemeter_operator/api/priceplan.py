@@ -15,11 +15,11 @@ from pydantic import Field, model_validator
 
 from kubemeter_operator.api.conditions import Condition
 from kubemeter_operator.api.types import (
-    CURRENCY_MINOR_UNITS,
     DNS_LABEL_PATTERN,
     ApiModel,
     Dec,
 )
+from kubemeter_operator.money import CURRENCIES
 
 GROUP = "kubemeter.dev"
 VERSION = "v1alpha1"
@@ -373,7 +373,7 @@ Currency = Annotated[
     Field(
         min_length=3,
         max_length=3,
-        json_schema_extra={"enum": sorted(CURRENCY_MINOR_UNITS)},
+        json_schema_extra={"enum": sorted(CURRENCIES)},
     ),
 ]
 
@@ -413,7 +413,7 @@ class PricePlanSpec(ApiModel):
 
     @model_validator(mode="after")
     def _check(self) -> PricePlanSpec:
-        if self.currency not in CURRENCY_MINOR_UNITS:
+        if self.currency not in CURRENCIES:
             raise ValueError(f"currency: {self.currency!r} is not a supported ISO 4217 code")
         names: set[str] = set()
         selectors: dict[tuple[str, ...], str] = {}

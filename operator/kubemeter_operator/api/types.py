@@ -21,15 +21,6 @@ _DECIMAL_RE = re.compile(DECIMAL_PATTERN)
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
-# ISO 4217 codes we support, with their minor units (digits after the decimal point).
-CURRENCY_MINOR_UNITS: dict[str, int] = {
-    "AED": 2, "AUD": 2, "BHD": 3, "BRL": 2, "CAD": 2, "CHF": 2, "CLP": 0, "CNY": 2,
-    "CZK": 2, "DKK": 2, "EUR": 2, "GBP": 2, "HKD": 2, "HUF": 2, "IDR": 2, "ILS": 2,
-    "INR": 2, "ISK": 0, "JOD": 3, "JPY": 0, "KRW": 0, "KWD": 3, "MXN": 2, "MYR": 2,
-    "NOK": 2, "NZD": 2, "OMR": 3, "PHP": 2, "PLN": 2, "SAR": 2, "SEK": 2, "SGD": 2,
-    "THB": 2, "TND": 3, "TRY": 2, "TWD": 2, "UGX": 0, "USD": 2, "VND": 0, "ZAR": 2,
-}  # fmt: skip
-
 
 def parse_decimal(value: Any) -> Decimal:
     """Parse a non-negative exact decimal from a string or integer; refuse floats."""
@@ -113,10 +104,6 @@ SignedDec = Annotated[
     WithJsonSchema({"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]+)?$", "maxLength": 41}),
 ]
 """An exact decimal that may be negative (a margin, a balance change)."""
-
-
-def minor_units(currency: str) -> int:
-    return CURRENCY_MINOR_UNITS[currency]
 
 
 def to_camel(name: str) -> str:

@@ -22,8 +22,8 @@ from kubemeter_operator.commands.quote import render_table
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.ledger.engine import resolve_url
-from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.rating.statement import Statement
+from kubemeter_operator.usage.periods import Period
 
 
 def register(subparsers: Any) -> None:

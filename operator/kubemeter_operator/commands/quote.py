@@ -24,7 +24,8 @@ from kubemeter_operator.api.files import load_priceplan, load_tenant, load_usage
 from kubemeter_operator.api.types import format_decimal
 from kubemeter_operator.api.usage import GpuUsage, UsageRecord
 from kubemeter_operator.errors import InputError
-from kubemeter_operator.rating import Period, Statement, accumulate, rate
+from kubemeter_operator.rating import Statement, rate
+from kubemeter_operator.usage import Period, accumulate
 
 _MS = timedelta(milliseconds=1)
 

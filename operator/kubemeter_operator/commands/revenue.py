@@ -26,8 +26,8 @@ from kubemeter_operator.api.types import format_decimal
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.ledger.engine import resolve_url
-from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.rating.revenue import recognise
+from kubemeter_operator.usage.periods import Period
 
 COLUMNS = ("date", "tenant", "period", "status", "currency", "usage", "platformFee",
            "discount", "revenue")  # fmt: skip

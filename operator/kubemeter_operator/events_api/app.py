@@ -27,7 +27,7 @@ from kubemeter_operator.errors import ConflictError, InputError, TransientError
 from kubemeter_operator.events_api.auth import TokenStore, bearer_token
 from kubemeter_operator.events_api.ports import EventLedger, TenantsProvider
 from kubemeter_operator.events_api.validation import ApiError, parse_batch, parse_json
-from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.usage.periods import Period
 
 log = logging.getLogger(__name__)
 

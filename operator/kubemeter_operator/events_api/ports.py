@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.api.usage import UsageRecord
-from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.usage.periods import Period
 
 
 class RecordResultLike(Protocol):

@@ -29,9 +29,9 @@ from kubemeter_operator.ledger.engine import DEFAULT_URL, READONLY, make_engine
 from kubemeter_operator.ledger.statements import Terms
 from kubemeter_operator.ledger.usage import RecordResult, UsageWindow
 from kubemeter_operator.ledger.wallets import BurnResult, WalletBalance
-from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.rating.statement import Statement
-from kubemeter_operator.rating.totals import UsageTotals
+from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.totals import UsageTotals
 
 __all__ = [
     "DEFAULT_URL",

@@ -37,7 +37,7 @@ from kubemeter_operator.ledger import rollup
 from kubemeter_operator.ledger.codec import parse_record
 from kubemeter_operator.ledger.columns import ExactDecimal, UtcTimestamp
 from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, schema_version
-from kubemeter_operator.rating.totals import Quantities
+from kubemeter_operator.usage.totals import Quantities
 
 _ADVISORY_LOCK_KEY = 0x6B6D6C6564676572  # "kmledger"
 _BACKFILL_CHUNK = 5000

@@ -11,8 +11,8 @@ from sqlalchemy import Connection, Select, select
 from kubemeter_operator.api.usage import UsageRecord
 from kubemeter_operator.ledger.codec import parse_record
 from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, usage_rollup, usage_window
-from kubemeter_operator.rating.periods import Period
-from kubemeter_operator.rating.totals import Quantities, UsageKey, UsageTotals
+from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.totals import Quantities, UsageKey, UsageTotals
 
 _R = usage_rollup.c
 _COLUMNS = (_R.tenant, _R.day, _R.kind, _R.model, _R.mig_profile, _R.name,

@@ -32,9 +32,9 @@ from kubemeter_operator.api.usage import (
 )
 from kubemeter_operator.ledger import pgfast
 from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, usage_rollup
-from kubemeter_operator.rating.days import split_by_day
-from kubemeter_operator.rating.periods import Period
-from kubemeter_operator.rating.totals import Quantities, UsageKey, key_and_quantities
+from kubemeter_operator.usage.days import split_by_day
+from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.totals import Quantities, UsageKey, key_and_quantities
 
 RollupKey = tuple[str, str, date, UsageKey]
 """(tenant, period "YYYY-MM", UTC day, usage key)."""

@@ -22,8 +22,8 @@ from kubemeter_operator.ledger.codec import canonical_json, digest
 from kubemeter_operator.ledger.columns import exact_problem
 from kubemeter_operator.ledger.schema import statement, statement_line, tenant_terms
 from kubemeter_operator.ledger.usage import _insert
-from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.rating.statement import Statement
+from kubemeter_operator.usage.periods import Period
 
 
 @dataclass(frozen=True)

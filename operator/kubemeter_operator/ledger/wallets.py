@@ -17,11 +17,11 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, select
 
-from kubemeter_operator.api.types import CURRENCY_MINOR_UNITS
 from kubemeter_operator.errors import ConflictError, InputError
 from kubemeter_operator.ledger.columns import WIDE, exact_problem, plain
 from kubemeter_operator.ledger.schema import wallet, wallet_entry
 from kubemeter_operator.ledger.usage import _insert
+from kubemeter_operator.money import CURRENCIES
 
 ZERO = Decimal(0)
 
@@ -86,7 +86,7 @@ def topup(
         raise InputError("tenant", "required")
     _check_amount(amount, positive=True)
     _check_key(key)
-    if currency not in CURRENCY_MINOR_UNITS:
+    if currency not in CURRENCIES:
         raise InputError("currency", f"{currency!r} is not a supported ISO 4217 code")
     w = _lock(conn, tenant, now)
     entry = _entry(conn, tenant, key)

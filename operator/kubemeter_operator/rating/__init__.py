@@ -1,9 +1,10 @@
 """Rating: usage totals x price plan -> statement. Pure (no kopf, kubernetes or SQLAlchemy).
 
-totals = accumulate(records, period)          # or the ledger's SQL sums per UsageKey
+totals = usage.accumulate(records, period)    # or the ledger's SQL sums per UsageKey
 statement = rate(plan_spec, totals, period=period, discount_percent=tenant.discount_percent)
 """
 
+from kubemeter_operator.money import minor_units, round_half_up, round_money
 from kubemeter_operator.rating.engine import rate
 from kubemeter_operator.rating.matching import (
     MIG_COMPUTE_SLICES,
@@ -13,40 +14,25 @@ from kubemeter_operator.rating.matching import (
     mig_share,
     model_meter_for,
 )
-from kubemeter_operator.rating.periods import Period, split_by_period, split_gpu_window
 from kubemeter_operator.rating.pricing import Priced, TierCharge, price
-from kubemeter_operator.rating.rounding import minor_units, round_half_up, round_money
 from kubemeter_operator.rating.statement import (
     Statement,
     StatementLine,
     TierLine,
     UnpricedUsage,
 )
-from kubemeter_operator.rating.totals import (
-    Quantities,
-    UsageKey,
-    UsageTotals,
-    accumulate,
-    key_and_quantities,
-)
 
 __all__ = [
     "MIG_COMPUTE_SLICES",
     "Assignment",
-    "Period",
     "Priced",
-    "Quantities",
     "Statement",
     "StatementLine",
     "TierCharge",
     "TierLine",
     "UnpricedUsage",
-    "UsageKey",
-    "UsageTotals",
-    "accumulate",
     "assign",
     "gpu_meter_for",
-    "key_and_quantities",
     "mig_share",
     "minor_units",
     "model_meter_for",
@@ -54,6 +40,4 @@ __all__ = [
     "rate",
     "round_half_up",
     "round_money",
-    "split_by_period",
-    "split_gpu_window",
 ]

@@ -10,17 +10,17 @@ from fractions import Fraction
 
 from kubemeter_operator.api.priceplan import Meter, MeterKind, PricePlanSpec
 from kubemeter_operator.errors import InputError
+from kubemeter_operator.money import exact, minor_units, round_half_up, to_decimal
 from kubemeter_operator.rating.matching import Assignment, assign
-from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.rating.pricing import price
-from kubemeter_operator.rating.rounding import exact, minor_units, round_half_up, to_decimal
 from kubemeter_operator.rating.statement import (
     Statement,
     StatementLine,
     TierLine,
     UnpricedUsage,
 )
-from kubemeter_operator.rating.totals import UsageTotals
+from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.totals import UsageTotals
 
 
 def _line(meter: Meter, base: Fraction, places: int) -> StatementLine:

@@ -31,8 +31,8 @@ from decimal import Decimal
 from fractions import Fraction
 
 from kubemeter_operator.api.priceplan import GpuBasis, Meter, MeterKind
-from kubemeter_operator.rating.rounding import round_half_up
-from kubemeter_operator.rating.totals import Quantities, UsageKey, UsageTotals
+from kubemeter_operator.money import round_half_up
+from kubemeter_operator.usage.totals import Quantities, UsageKey, UsageTotals
 
 MIG_COMPUTE_SLICES = 7
 """Compute slices of a full MIG-capable GPU (A100, H100, H200)."""

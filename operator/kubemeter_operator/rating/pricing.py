@@ -1,6 +1,7 @@
 """Price a billable quantity under a meter's pricing model (flat, graduated, volume, package).
 
-Quantities and amounts are exact `Fraction`s (see `rounding`); nothing here rounds.
+Quantities and amounts are exact `Fraction`s (see `kubemeter_operator.money`); nothing here
+rounds.
 
 - flat: billable × unitPrice.
 - graduated: tier i covers the billable units in (upTo[i-1], upTo[i]] (the first tier starts
@@ -21,7 +22,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from kubemeter_operator.api.priceplan import Pricing, PricingModel, Tier
-from kubemeter_operator.rating.rounding import exact
+from kubemeter_operator.money import exact
 
 Quantity = Fraction | Decimal | int
 

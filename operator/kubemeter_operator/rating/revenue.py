@@ -25,11 +25,11 @@ from decimal import Decimal
 from fractions import Fraction
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
-from kubemeter_operator.api.types import minor_units
+from kubemeter_operator.money import minor_units
 from kubemeter_operator.rating.engine import rate
-from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.rating.statement import Statement
-from kubemeter_operator.rating.totals import UsageTotals
+from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.totals import UsageTotals
 
 
 @dataclass

@@ -19,8 +19,8 @@ from pydantic import AwareDatetime, Field
 from kubemeter_operator.api.priceplan import BillingUnit, GpuBasis, MeterKind, PricingModel
 from kubemeter_operator.api.tenant import MeterUsage
 from kubemeter_operator.api.types import ApiModel, Dec, Percent, SignedDec
-from kubemeter_operator.rating.periods import Period
-from kubemeter_operator.rating.rounding import round_half_up
+from kubemeter_operator.money import round_half_up
+from kubemeter_operator.usage.periods import Period
 
 
 class TierLine(ApiModel):

@@ -35,11 +35,11 @@ from kubemeter_operator.api.tenant import (
     WalletStatus,
 )
 from kubemeter_operator.api.types import format_decimal
-from kubemeter_operator.rating.periods import Period
-from kubemeter_operator.rating.rounding import minor_units, round_half_up
+from kubemeter_operator.money import minor_units, round_half_up
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.status import conditions as cond
 from kubemeter_operator.status.forecast import TotalSample, forecast
+from kubemeter_operator.usage.periods import Period
 
 MS_PER_HOUR = 3_600_000
 DEFAULT_WARNING_PERCENT = 80

@@ -28,8 +28,8 @@ from decimal import Decimal
 from fractions import Fraction
 
 from kubemeter_operator.api.tenant import Forecast
-from kubemeter_operator.rating.periods import Period
-from kubemeter_operator.rating.rounding import round_half_up
+from kubemeter_operator.money import round_half_up
+from kubemeter_operator.usage.periods import Period
 
 RECENT_WINDOW = timedelta(hours=1)
 MIN_SPAN = timedelta(minutes=5)

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from kubemeter_operator.ledger import Ledger
-from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.usage.periods import Period
 
 from support.cluster import KubeCluster
 from support.prometheus import PrometheusServer, free_port

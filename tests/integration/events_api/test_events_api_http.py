@@ -26,7 +26,7 @@ from kubemeter_operator.events_api import (
     serve,
 )
 from kubemeter_operator.ledger import Ledger
-from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.usage.periods import Period
 
 from support.postgres import ledger_url, postgres_url  # noqa: F401  (fixtures)
 

@@ -14,8 +14,9 @@ from kubemeter_operator.errors import ConflictError, InputError
 from kubemeter_operator.ledger import Ledger, migrations
 from kubemeter_operator.ledger.engine import make_engine
 from kubemeter_operator.ledger.schema import metadata
-from kubemeter_operator.rating import accumulate, rate
-from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.rating import rate
+from kubemeter_operator.usage import accumulate
+from kubemeter_operator.usage.periods import Period
 
 NOV = Period(2026, 11)
 RECORDS = USAGE_LIST.validate_python([

@@ -15,8 +15,8 @@ from kubemeter_operator.errors import ConflictError, InputError
 from kubemeter_operator.ledger import Ledger, UsageWindow
 from kubemeter_operator.ledger.columns import plain
 from kubemeter_operator.ledger.schema import usage_event, usage_rollup, usage_window
-from kubemeter_operator.rating.periods import Period
-from kubemeter_operator.rating.totals import Quantities, UsageTotals, accumulate
+from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.totals import Quantities, UsageTotals, accumulate
 
 NOV = Period(2026, 11)
 

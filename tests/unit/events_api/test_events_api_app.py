@@ -19,8 +19,8 @@ from kubemeter_operator.errors import TransientError
 from kubemeter_operator.events_api import EventsApiConfig, StaticTokenStore, create_app
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.ledger.engine import make_engine
-from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.rating.statement import Statement
+from kubemeter_operator.usage.periods import Period
 
 T = TypeVar("T")
 

@@ -24,8 +24,8 @@ from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodMeta, PodRegistry, StaticPodDirectory
 from kubemeter_operator.metering.prometheus import Sample, last_value_query, selector
-from kubemeter_operator.rating.periods import Period
 from kubemeter_operator.tenancy import UNASSIGNED
+from kubemeter_operator.usage.periods import Period
 
 ALLOC = contract.GPU_ALLOCATED_MS.name
 ACTIVE = contract.GPU_ACTIVE_MS.name

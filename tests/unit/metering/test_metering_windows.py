@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubemeter_operator.metering.windows import align_down, from_ms, next_window, to_ms
-from kubemeter_operator.rating.periods import Period
+from kubemeter_operator.usage.periods import Period
 
 S15 = timedelta(seconds=15)
 LAG = timedelta(seconds=30)

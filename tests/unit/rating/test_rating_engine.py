@@ -15,15 +15,8 @@ import pytest
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import USAGE_LIST, UsageRecord
 from kubemeter_operator.errors import InputError
-from kubemeter_operator.rating import (
-    Period,
-    Quantities,
-    Statement,
-    UsageKey,
-    accumulate,
-    mig_share,
-    rate,
-)
+from kubemeter_operator.rating import Statement, mig_share, rate
+from kubemeter_operator.usage import Period, Quantities, UsageKey, accumulate
 
 D = Decimal
 NOV = Period(2026, 11)
@@ -336,9 +329,9 @@ def test_rating_modules_import_no_kopf_kubernetes_or_sqlalchemy() -> None:
         "import sys, json\n"
         "import kubemeter_operator.rating\n"
         "import kubemeter_operator.rating.engine, kubemeter_operator.rating.matching\n"
-        "import kubemeter_operator.rating.pricing, kubemeter_operator.rating.rounding\n"
-        "import kubemeter_operator.rating.statement, kubemeter_operator.rating.totals\n"
-        "import kubemeter_operator.rating.periods\n"
+        "import kubemeter_operator.rating.pricing, kubemeter_operator.money\n"
+        "import kubemeter_operator.rating.statement, kubemeter_operator.usage.totals\n"
+        "import kubemeter_operator.usage.periods\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

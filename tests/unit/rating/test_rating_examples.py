@@ -53,7 +53,8 @@ import pytest
 
 from kubemeter_operator.api.files import load_priceplan, load_tenant, load_usage
 from kubemeter_operator.cli import main
-from kubemeter_operator.rating import Period, accumulate, rate
+from kubemeter_operator.rating import rate
+from kubemeter_operator.usage import Period, accumulate
 
 D = Decimal
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubemeter_operator.api.usage import GpuUsage
-from kubemeter_operator.rating.periods import Period, split_gpu_window
+from kubemeter_operator.usage.periods import Period, split_gpu_window
 
 START = datetime(2026, 9, 30, 23, 0, tzinfo=UTC)
 

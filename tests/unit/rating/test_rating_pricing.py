@@ -8,6 +8,8 @@ from fractions import Fraction
 import pytest
 
 from kubemeter_operator.api.priceplan import Pricing
+from kubemeter_operator.errors import InputError
+from kubemeter_operator.money import round_half_up, round_money, to_decimal
 from kubemeter_operator.rating.pricing import (
     packages_needed,
     price,
@@ -15,7 +17,6 @@ from kubemeter_operator.rating.pricing import (
     price_volume,
     volume_tier,
 )
-from kubemeter_operator.rating.rounding import round_half_up, round_money, to_decimal
 
 D = Decimal
 
@@ -149,8 +150,9 @@ def test_round_money_by_currency() -> None:
     assert str(round_money(D("1234.5"), "JPY")) == "1235"
     assert str(round_money(D("1.2345"), "BHD")) == "1.235"
     assert str(round_money(D("1.005"), "USD")) == "1.01"
-    with pytest.raises(ValueError, match="currency"):
+    with pytest.raises(InputError, match="currency") as err:
         round_money(D(1), "XXX")
+    assert err.value.field == "currency"
 
 
 def test_to_decimal_is_exact_when_it_terminates() -> None:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from kubemeter_operator.api.priceplan import PricePlanSpec, Pricing, Tier
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage, UsageRecord
-from kubemeter_operator.rating import Period, Quantities, UsageKey, accumulate, price, rate
+from kubemeter_operator.rating import price, rate
+from kubemeter_operator.usage import Period, Quantities, UsageKey, accumulate
 
 D = Decimal
 H100 = "NVIDIA H100 80GB HBM3"

@@ -11,7 +11,7 @@ import yaml
 
 from kubemeter_operator.cli import main
 from kubemeter_operator.commands.quote import default_period
-from kubemeter_operator.rating import Period
+from kubemeter_operator.usage import Period
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 PLAN = yaml.safe_load((EXAMPLES / "priceplan-gpu-standard.yaml").read_text())

@@ -9,7 +9,8 @@ from decimal import Decimal
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.types import DECIMAL_PATTERN
-from kubemeter_operator.rating import Period, Quantities, UsageKey, rate
+from kubemeter_operator.rating import rate
+from kubemeter_operator.usage import Period, Quantities, UsageKey
 
 PLAN = PricePlanSpec.model_validate(
     {

@@ -11,7 +11,7 @@ import pytest
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.tenant import SuspendedWorkload, Tenant, TenantPhase, TenantStatus
-from kubemeter_operator.rating import Period, Quantities, UsageKey, rate
+from kubemeter_operator.rating import rate
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.status import (
     METERING_DEGRADED,
@@ -24,6 +24,7 @@ from kubemeter_operator.status import (
     warning_percent,
 )
 from kubemeter_operator.status.conditions import find
+from kubemeter_operator.usage import Period, Quantities, UsageKey
 
 PERIOD = Period(2026, 11)  # 30 days
 MID = datetime(2026, 11, 16, tzinfo=UTC)  # exactly half of November has elapsed

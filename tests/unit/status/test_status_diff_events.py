@@ -8,8 +8,9 @@ from typing import Any
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant, TenantStatus
-from kubemeter_operator.rating import Period, Quantities, UsageKey, rate
+from kubemeter_operator.rating import rate
 from kubemeter_operator.status import build_status, merge_patch, status_events, status_patch
+from kubemeter_operator.usage import Period, Quantities, UsageKey
 
 PERIOD = Period(2026, 11)
 T0 = datetime(2026, 11, 16, tzinfo=UTC)

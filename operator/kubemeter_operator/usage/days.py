@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 from kubemeter_operator.api.usage import GpuUsage, UsageRecord
-from kubemeter_operator.rating.periods import Period, split_by_period
+from kubemeter_operator.usage.periods import Period, split_by_period
 
 _MS = timedelta(milliseconds=1)
 _DAY = timedelta(days=1)

@@ -18,7 +18,7 @@ from kubemeter_operator.api.usage import (
     TokenUsage,
     UsageRecord,
 )
-from kubemeter_operator.rating.periods import Period, split_by_period
+from kubemeter_operator.usage.periods import Period, split_by_period
 
 
 @dataclass(frozen=True, order=True)

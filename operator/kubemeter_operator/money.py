@@ -1,4 +1,7 @@
-"""Exact money arithmetic: currency minor units and half-up rounding.
+"""Money: the currencies kubemeter prices in, their minor units, and exact half-up rounding.
+
+The one place that knows currencies and rounding (rating, status, the ledger and the API
+models all ask here). Pure, and at the bottom of the layers: it imports only `errors`.
 
 Rating computes every amount exactly as a rational number (`fractions.Fraction` built from
 `Decimal` inputs: no float ever takes part), and only then rounds it half-up to the
@@ -13,7 +16,17 @@ import math
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from fractions import Fraction
 
-from kubemeter_operator.api.types import CURRENCY_MINOR_UNITS
+from kubemeter_operator.errors import InputError
+
+# ISO 4217 codes we support, with their minor units (digits after the decimal point).
+CURRENCY_MINOR_UNITS: dict[str, int] = {
+    "AED": 2, "AUD": 2, "BHD": 3, "BRL": 2, "CAD": 2, "CHF": 2, "CLP": 0, "CNY": 2,
+    "CZK": 2, "DKK": 2, "EUR": 2, "GBP": 2, "HKD": 2, "HUF": 2, "IDR": 2, "ILS": 2,
+    "INR": 2, "ISK": 0, "JOD": 3, "JPY": 0, "KRW": 0, "KWD": 3, "MXN": 2, "MYR": 2,
+    "NOK": 2, "NZD": 2, "OMR": 3, "PHP": 2, "PLN": 2, "SAR": 2, "SEK": 2, "SGD": 2,
+    "THB": 2, "TND": 3, "TRY": 2, "TWD": 2, "UGX": 0, "USD": 2, "VND": 0, "ZAR": 2,
+}  # fmt: skip
+CURRENCIES = frozenset(CURRENCY_MINOR_UNITS)
 
 DISPLAY_DIGITS = 50
 """Significant digits of a non-terminating exact value shown in a statement."""
@@ -30,11 +43,17 @@ def exact(value: Decimal | int | Fraction) -> Fraction:
 
 
 def minor_units(currency: str) -> int:
-    """Digits after the decimal point in `currency` (USD 2, JPY 0, BHD 3)."""
-    try:
-        return CURRENCY_MINOR_UNITS[currency]
-    except KeyError:
-        raise ValueError(f"currency: {currency!r} is not a supported ISO 4217 code") from None
+    """Digits after the decimal point in `currency` (USD 2, JPY 0, BHD 3); an unknown code
+    is an InputError naming the `currency` field."""
+    check_currency(currency)
+    return CURRENCY_MINOR_UNITS[currency]
+
+
+def check_currency(currency: str, field: str = "currency") -> str:
+    """`currency` if it is a supported ISO 4217 code, else an InputError naming `field`."""
+    if currency not in CURRENCY_MINOR_UNITS:
+        raise InputError(field, f"{currency!r} is not a supported ISO 4217 currency code")
+    return currency
 
 
 def _from_scaled(n: int, places: int) -> Decimal:
