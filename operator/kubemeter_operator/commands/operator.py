@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     import kopf
 
-    import kubemeter_operator.handlers  # noqa: F401  (registers the handlers)
+    import kubemeter_operator.controller.handlers  # noqa: F401  (registers the handlers)
 
     asyncio.run(
         kopf.operator(

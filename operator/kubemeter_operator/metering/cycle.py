@@ -12,7 +12,7 @@ Each run:
 3. reads every counter's last raw value at T (``last_over_time(<counter>[span])``), so
    series that stopped inside the window still give their final value;
 4. takes per-series deltas against the checkpoint (new series start from 0), maps pods to
-   tenants (:mod:`kubemeter_operator.tenancy`; unowned usage goes to ``_unassigned``);
+   tenants (:mod:`kubemeter_operator.metering.tenancy`; unowned usage goes to ``_unassigned``);
 5. writes the usage windows *and* the new checkpoint in one ``ledger.record_windows`` call.
 
 A crash anywhere before step 5 commits nothing, and the next run recomputes the same window
@@ -60,8 +60,8 @@ from kubemeter_operator.metering import sources as src
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodDirectory
 from kubemeter_operator.metering.prometheus import Sample, last_value_query
+from kubemeter_operator.metering.tenancy import UNASSIGNED, NamespaceConflict, TenancyMap
 from kubemeter_operator.metering.windows import Window, next_window, to_ms
-from kubemeter_operator.tenancy import UNASSIGNED, NamespaceConflict, TenancyMap
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,10 @@ gpu-hours, is shown with 50 significant digits). The identities the tests hold:
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from pydantic import AwareDatetime, Field
 
 from kubemeter_operator.api.priceplan import BillingUnit, GpuBasis, MeterKind, PricingModel
-from kubemeter_operator.api.tenant import MeterUsage
 from kubemeter_operator.api.types import ApiModel, Dec, Percent, SignedDec
-from kubemeter_operator.money import round_half_up
 from kubemeter_operator.usage.periods import Period
 
 
@@ -111,35 +107,6 @@ class Statement(ApiModel):
                 return line
         raise KeyError(meter)
 
-    def meter_usages(self) -> list[MeterUsage]:
-        """The statement's lines as the Tenant status `meters` list.
-
-        `quantity` (base units) and `charge` are exact; the billing-unit figures are for
-        reading and are rounded half-up to STATUS_PLACES decimal places (1 ms is a
-        non-terminating fraction of a GPU-hour).
-        """
-        return [
-            MeterUsage(
-                name=line.meter,
-                kind=line.kind,
-                unit=line.unit,
-                quantity=line.quantity,
-                billed_quantity=_display(line.billed_quantity),
-                included=_display(line.included),
-                billable=_display(line.billable),
-                charge=line.amount,
-            )
-            for line in self.lines
-        ]
-
     def to_json(self, *, indent: int | None = 2) -> str:
         """JSON with camelCase keys and every decimal as a string."""
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=indent)
-
-
-STATUS_PLACES = 6
-"""Decimal places of billing-unit quantities shown in Tenant status."""
-
-
-def _display(value: Decimal) -> Decimal:
-    return round_half_up(value, STATUS_PLACES).normalize() if value else Decimal(0)

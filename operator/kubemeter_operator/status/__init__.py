@@ -5,13 +5,7 @@ patch = status_patch(tenant.status, status)        # None: nothing to write
 for event in status_events(tenant.name, tenant.status, status): post(event)
 """
 
-from kubemeter_operator.status.builder import (
-    budget_status,
-    build_status,
-    summary,
-    wallet_status,
-    warning_percent,
-)
+from kubemeter_operator.status.builder import build_status, summary, wallet_status
 from kubemeter_operator.status.conditions import (
     CONDITION_TYPES,
     METERING_DEGRADED,
@@ -39,7 +33,6 @@ __all__ = [
     "RECENT_WINDOW",
     "StatusEvent",
     "TotalSample",
-    "budget_status",
     "build_status",
     "burn_rate",
     "forecast",
@@ -48,5 +41,4 @@ __all__ = [
     "status_patch",
     "summary",
     "wallet_status",
-    "warning_percent",
 ]

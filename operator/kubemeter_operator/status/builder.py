@@ -23,8 +23,6 @@ from fractions import Fraction
 from kubemeter_operator.api.conditions import Condition
 from kubemeter_operator.api.priceplan import TOKEN_KINDS, MeterKind, PricePlanSpec
 from kubemeter_operator.api.tenant import (
-    Budget,
-    BudgetEnforcement,
     BudgetStatus,
     MeterUsage,
     SuspendedWorkload,
@@ -35,6 +33,7 @@ from kubemeter_operator.api.tenant import (
     WalletStatus,
 )
 from kubemeter_operator.api.types import format_decimal
+from kubemeter_operator.budget.policy import budget_phase, budget_status
 from kubemeter_operator.money import minor_units, round_half_up
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.status import conditions as cond
@@ -42,27 +41,35 @@ from kubemeter_operator.status.forecast import TotalSample, forecast
 from kubemeter_operator.usage.periods import Period
 
 MS_PER_HOUR = 3_600_000
-DEFAULT_WARNING_PERCENT = 80
+
+STATUS_PLACES = 6
+"""Decimal places of billing-unit quantities shown in Tenant status."""
 
 
-def warning_percent(budget: Budget) -> int:
-    """The budget use (percent) from which the phase is Warning (see the module docstring)."""
-    high = [t for t in budget.alert_thresholds if t >= DEFAULT_WARNING_PERCENT]
-    if high:
-        return min(high)
-    return max(budget.alert_thresholds, default=DEFAULT_WARNING_PERCENT)
+def _display(value: Decimal) -> Decimal:
+    return round_half_up(value, STATUS_PLACES).normalize() if value else Decimal(0)
 
 
-def budget_status(budget: Budget, total: Decimal) -> BudgetStatus:
-    """Used = the period total; percent to 2 places half-up; thresholds compared exactly."""
-    used_exact = Fraction(total) * 100 / Fraction(budget.limit)
-    return BudgetStatus(
-        limit=budget.limit,
-        used=total,
-        used_percent=round_half_up(used_exact, 2),
-        remaining=budget.limit - total,
-        thresholds_crossed=sorted(t for t in budget.alert_thresholds if used_exact >= t),
-    )
+def meter_usages(statement: Statement) -> list[MeterUsage]:
+    """A statement's lines as the Tenant status `meters` list.
+
+    `quantity` (base units) and `charge` are exact; the billing-unit figures are for
+    reading and are rounded half-up to STATUS_PLACES decimal places (1 ms is a
+    non-terminating fraction of a GPU-hour, and the CRD keeps decimals to 40 characters).
+    """
+    return [
+        MeterUsage(
+            name=line.meter,
+            kind=line.kind,
+            unit=line.unit,
+            quantity=line.quantity,
+            billed_quantity=_display(line.billed_quantity),
+            included=_display(line.included),
+            billable=_display(line.billable),
+            charge=line.amount,
+        )
+        for line in statement.lines
+    ]
 
 
 def wallet_status(
@@ -100,14 +107,13 @@ def _phase(
     wallet: WalletStatus | None,
     suspended: Sequence[SuspendedWorkload],
 ) -> TenantPhase:
-    spec_budget = tenant.spec.budget
     if suspended:
         return TenantPhase.SUSPENDED
+    spec_budget = tenant.spec.budget
     if budget is not None and spec_budget is not None:
-        if budget.used >= budget.limit and spec_budget.enforcement is BudgetEnforcement.SCALE_DOWN:
-            return TenantPhase.SUSPENDED
-        if Fraction(budget.used) * 100 >= Fraction(budget.limit) * warning_percent(spec_budget):
-            return TenantPhase.WARNING
+        phase = budget_phase(spec_budget, budget)
+        if phase is not None:
+            return phase
     if (wallet is not None and wallet.low) or not plan_found:
         return TenantPhase.WARNING
     return TenantPhase.ACTIVE
@@ -222,7 +228,7 @@ def build_status(
         or (previous.last_metered_time if previous is not None else None),
     )
     if isinstance(source, Statement):
-        meters = source.meter_usages()
+        meters = meter_usages(source)
         currency = source.currency
         status.platform_fee = source.platform_fee
         status.subtotal = source.subtotal

@@ -13,7 +13,9 @@ from typing import Any
 from kubemeter_operator.api.tenant import TenantStatus
 
 
-def _comparable(status: dict[str, Any]) -> dict[str, Any]:
+def without_transition_times(status: dict[str, Any]) -> dict[str, Any]:
+    """A status (wire form) with its conditions' lastTransitionTime left out: what two
+    statuses are compared by (a transition time alone is not a change of state)."""
     out = dict(status)
     if "conditions" in out:
         out["conditions"] = [
@@ -41,6 +43,6 @@ def status_patch(previous: TenantStatus | None, new: TenantStatus) -> dict[str, 
     """`{"status": <merge patch>}` when `new` differs from `previous`, else None."""
     before = previous.to_api() if previous is not None else {}
     after = new.to_api()
-    if _comparable(before) == _comparable(after):
+    if without_transition_times(before) == without_transition_times(after):
         return None
     return {"status": merge_patch(before, after)}

@@ -24,7 +24,7 @@ from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodMeta, PodRegistry, StaticPodDirectory
 from kubemeter_operator.metering.prometheus import Sample, last_value_query, selector
-from kubemeter_operator.tenancy import UNASSIGNED
+from kubemeter_operator.metering.tenancy import UNASSIGNED
 from kubemeter_operator.usage.periods import Period
 
 ALLOC = contract.GPU_ALLOCATED_MS.name

@@ -16,8 +16,8 @@ import pytest
 from kubemeter_operator.api.priceplan import PricePlan
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.api.usage import TokenUsage
+from kubemeter_operator.controller.reconcile import CycleFacts, TenantReconciler, wallet_checkpoint
 from kubemeter_operator.ledger import Ledger
-from kubemeter_operator.reconcile import CycleFacts, TenantReconciler, wallet_checkpoint
 from kubemeter_operator.usage.periods import Period
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)

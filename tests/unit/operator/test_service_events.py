@@ -7,7 +7,7 @@ import copy
 from typing import Any
 
 from kubemeter_operator.config import OperatorConfig
-from kubemeter_operator.service import OperatorService
+from kubemeter_operator.controller.service import OperatorService
 
 
 class CountingTokenStore:

@@ -16,6 +16,7 @@ from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import USAGE_LIST, UsageRecord
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.rating import Statement, mig_share, rate
+from kubemeter_operator.status.builder import meter_usages
 from kubemeter_operator.usage import Period, Quantities, UsageKey, accumulate
 
 D = Decimal
@@ -302,7 +303,7 @@ def test_window_straddling_new_year_is_split_into_december_and_january() -> None
 def test_meter_usages_for_tenant_status() -> None:
     p = plan(flat("g", "gpuTime", "gpu-hour", "2", included="1"))
     s = rate(p, dict([gpu(H100, 3 * HOUR)]), period=NOV)
-    [mu] = s.meter_usages()
+    [mu] = meter_usages(s)
     assert mu.to_api() == {
         "name": "g",
         "kind": "gpuTime",

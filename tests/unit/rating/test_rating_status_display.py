@@ -10,6 +10,7 @@ from decimal import Decimal
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.types import DECIMAL_PATTERN
 from kubemeter_operator.rating import rate
+from kubemeter_operator.status.builder import meter_usages
 from kubemeter_operator.usage import Period, Quantities, UsageKey
 
 PLAN = PricePlanSpec.model_validate(
@@ -26,7 +27,7 @@ PLAN = PricePlanSpec.model_validate(
 def test_status_meters_fit_the_schema_and_keep_exact_base_units() -> None:
     totals = {UsageKey("gpu", "NVIDIA H100 80GB HBM3"): Quantities(allocated_ms=1_800_001)}
     statement = rate(PLAN, totals, period=Period(2026, 11))
-    (meter,) = statement.meter_usages()
+    (meter,) = meter_usages(statement)
     wire = meter.to_api()
     for field in ("quantity", "billedQuantity", "included", "billable", "charge"):
         assert len(wire[field]) <= 40, (field, wire[field])

@@ -11,6 +11,7 @@ import pytest
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.tenant import SuspendedWorkload, Tenant, TenantPhase, TenantStatus
+from kubemeter_operator.budget.policy import warning_percent
 from kubemeter_operator.rating import rate
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.status import (
@@ -21,7 +22,6 @@ from kubemeter_operator.status import (
     TotalSample,
     build_status,
     burn_rate,
-    warning_percent,
 )
 from kubemeter_operator.status.conditions import find
 from kubemeter_operator.usage import Period, Quantities, UsageKey

@@ -19,11 +19,11 @@ import prometheus_client
 from aiohttp import web
 from pydantic import ValidationError
 
-from kubemeter_operator.api.conditions import Condition
 from kubemeter_operator.api.errors import format_validation_error
-from kubemeter_operator.api.priceplan import PricePlan, PricePlanSpec, PricePlanStatus
+from kubemeter_operator.api.priceplan import PricePlan, PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.config import OperatorConfig
+from kubemeter_operator.controller.reconcile import CycleFacts, TenantReconciler
 from kubemeter_operator.events_api.app import create_app
 from kubemeter_operator.events_api.k8s_tokens import (
     KubernetesTokenStore,
@@ -38,49 +38,9 @@ from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodRegistry
 from kubemeter_operator.metering.prometheus import PrometheusClient
-from kubemeter_operator.reconcile import CycleFacts, TenantReconciler
+from kubemeter_operator.status.priceplan import priceplan_status, same_status
 
 log = logging.getLogger(__name__)
-
-
-def priceplan_status(body: Mapping[str, Any]) -> tuple[PricePlan | None, dict[str, Any]]:
-    """Parse a PricePlan body; return it (None if invalid) and the status it should show."""
-    meta = body.get("metadata") or {}
-    generation = meta.get("generation")
-    now = datetime.now(UTC).replace(microsecond=0)
-    try:
-        plan = PricePlan.model_validate(dict(body))
-    except ValidationError as exc:
-        message = format_validation_error(exc, data=dict(body))
-        condition = Condition(
-            type="Valid", status="False", reason="InvalidSpec", message=message[:2000],
-            last_transition_time=now, observed_generation=generation,
-        )  # fmt: skip
-        status = PricePlanStatus(observed_generation=generation, conditions=[condition])
-        return None, status.to_api()
-    condition = Condition(
-        type="Valid", status="True", reason="Accepted",
-        message=f"{len(plan.spec.meters)} meters in {plan.spec.currency}",
-        last_transition_time=now, observed_generation=generation,
-    )  # fmt: skip
-    status = PricePlanStatus(
-        meter_count=len(plan.spec.meters), observed_generation=generation, conditions=[condition]
-    )
-    return plan, status.to_api()
-
-
-def _same_status(current: Mapping[str, Any] | None, wanted: Mapping[str, Any]) -> bool:
-    """Equal ignoring condition transition times."""
-
-    def strip(status: Mapping[str, Any] | None) -> Any:
-        status = dict(status or {})
-        status["conditions"] = [
-            {k: v for k, v in c.items() if k != "lastTransitionTime"}
-            for c in status.get("conditions", [])
-        ]
-        return status
-
-    return bool(strip(current) == strip(wanted))
 
 
 class OperatorService:
@@ -133,7 +93,7 @@ class OperatorService:
             self.plans.pop(name, None)
         else:
             self.plans[name] = plan
-        if self.writer is not None and not _same_status(body.get("status"), wanted):
+        if self.writer is not None and not same_status(body.get("status"), wanted):
             await self.writer.patch_status("priceplans", name, {"status": wanted})
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -11,8 +11,8 @@ from typing import Any
 import kopf
 
 from kubemeter_operator.api.priceplan import GROUP, VERSION
+from kubemeter_operator.controller.service import OperatorService
 from kubemeter_operator.errors import PermanentError, TransientError
-from kubemeter_operator.service import OperatorService
 
 log = logging.getLogger(__name__)
 

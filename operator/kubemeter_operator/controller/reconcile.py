@@ -20,10 +20,10 @@ from kubemeter_operator.api.priceplan import PricePlan
 from kubemeter_operator.api.tenant import Tenant, TenantStatus
 from kubemeter_operator.errors import ConflictError, InputError, KubemeterError, TransientError
 from kubemeter_operator.ledger import Ledger
+from kubemeter_operator.metering.tenancy import TenancyMap
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.status import build_status, status_events, status_patch
 from kubemeter_operator.status.forecast import TotalSample
-from kubemeter_operator.tenancy import TenancyMap
 from kubemeter_operator.usage.periods import Period
 
 log = logging.getLogger(__name__)

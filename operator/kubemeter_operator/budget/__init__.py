@@ -1,0 +1,1 @@
+"""Budget decisions (pure): thresholds, phase, and later suspend/restore. See `policy`."""
