@@ -25,10 +25,11 @@ venv: $(VENV)/.installed ## Create .venv with kubemeter installed (editable) and
 
 setup: system-deps venv binaries ## Everything the tests and the demo need
 
-lint: venv ## ruff and mypy --strict
+lint: venv ## ruff, mypy --strict and the import-linter contracts (layers, pure core, kopf edge)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 crds: venv ## Regenerate crds/ (and the chart's copy) from the API models
 	$(VENV)/bin/kubemeter crds

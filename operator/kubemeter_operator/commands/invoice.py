@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from kubemeter_operator.api.types import format_decimal
+from kubemeter_operator.billing import statements as billing_statements
 from kubemeter_operator.commands.quote import render_table
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.tenant:
         raise InputError("TENANT", "required")
     with Ledger.open(resolve_url(args.db)) as ledger:
-        statement, final = ledger.statement(args.tenant, period)
+        statement, final = billing_statements.statement(ledger, args.tenant, period)
     if args.format == "json":
         body = json.loads(statement.to_json(indent=None))
         print(json.dumps({"tenant": args.tenant, "status": "final" if final else "running",

@@ -18,6 +18,7 @@ from typing import Any
 
 from kubemeter_operator.api.files import load_priceplan, load_usage
 from kubemeter_operator.api.types import parse_decimal
+from kubemeter_operator.billing import statements as billing_statements
 from kubemeter_operator.commands.invoice import parse_period
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
@@ -77,8 +78,8 @@ def run_terms(args: argparse.Namespace) -> int:
 def run_finalize(args: argparse.Namespace) -> int:
     period = parse_period(args.period)
     with Ledger.open(resolve_url(args.db)) as ledger:
-        statement = ledger.running_statement(args.tenant, period)
-        stored = ledger.finalize_statement(args.tenant, period, statement)
+        statement = billing_statements.running_statement(ledger, args.tenant, period)
+        stored = billing_statements.finalize(ledger, args.tenant, period, statement)
     state = "finalised" if stored else "was already finalised"
     print(f"{args.tenant} {period}: {state}, total {statement.total} {statement.currency}")
     return 0

@@ -40,15 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if config.kubeconfig:  # kopf's own login reads it from the environment
         os.environ["KUBECONFIG"] = config.kubeconfig
 
-    import kopf
+    from kubemeter_operator.controller.handlers import run_operator
 
-    import kubemeter_operator.controller.handlers  # noqa: F401  (registers the handlers)
-
-    asyncio.run(
-        kopf.operator(
-            clusterwide=True,
-            standalone=config.standalone,
-            memo=kopf.Memo(config=config),
-        )
-    )
+    asyncio.run(run_operator(config))
     return 0

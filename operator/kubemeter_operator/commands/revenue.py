@@ -23,6 +23,7 @@ from datetime import date
 from typing import Any
 
 from kubemeter_operator.api.types import format_decimal
+from kubemeter_operator.billing import statements as billing_statements
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.ledger.engine import resolve_url
@@ -66,14 +67,14 @@ def revenue_rows(
         names = [tenant] if tenant else ledger.tenants(period)
         daily = ledger.daily_totals(tenant, days[0], days[-1])
         for name in names:
-            final = ledger.get_statement(name, period)
+            final = billing_statements.final_statement(ledger, name, period)
             terms = ledger.get_terms(name, period)
             if final is None and terms is None:
                 if daily.get(name):
                     print(f"kubemeter revenue: warning: {name} has usage in {period} but no "
                           "terms or statement; skipped", file=sys.stderr)  # fmt: skip
                 continue
-            statement = final or ledger.running_statement(name, period)
+            statement = final or billing_statements.running_statement(ledger, name, period)
             status = "final" if final is not None else "running"
             for day in recognise(statement, terms.plan if terms else None, daily.get(name, {})):
                 if from_day <= day.day <= to_day:

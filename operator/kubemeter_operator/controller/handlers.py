@@ -1,7 +1,7 @@
 """The kopf handlers: the only module that registers with kopf. Thin by design: each
 handler hands the watched object to `OperatorService`, which parses it into the API models
 and does the work. Our errors become kopf's at this edge. (Pods are not watched through kopf:
-the service follows their metadata only, see `kube.pods`.)"""
+the service follows their metadata only, see `metering.podwatch`.)"""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from kubemeter_operator.api.priceplan import GROUP, VERSION
+from kubemeter_operator.config import OperatorConfig
 from kubemeter_operator.controller.service import OperatorService
 from kubemeter_operator.errors import PermanentError, TransientError
 
@@ -56,3 +57,10 @@ async def priceplan_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **
         raise kopf.TemporaryError(str(exc), delay=5) from exc
     except PermanentError as exc:
         raise kopf.PermanentError(str(exc)) from exc
+
+
+async def run_operator(config: OperatorConfig) -> None:
+    """Run kopf with these handlers until it stops (the `kubemeter operator` command)."""
+    await kopf.operator(
+        clusterwide=True, standalone=config.standalone, memo=kopf.Memo(config=config)
+    )

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from kubemeter_operator.api.priceplan import PricePlan
 from kubemeter_operator.api.tenant import Tenant, TenantStatus
+from kubemeter_operator.billing import statements as billing_statements
 from kubemeter_operator.errors import ConflictError, InputError, KubemeterError, TransientError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.tenancy import TenancyMap
@@ -98,7 +99,9 @@ class TenantReconciler:
         try:
             if plan is not None:
                 await self._record_terms(tenant, plan, period)
-                statement = await asyncio.to_thread(self.ledger.running_statement, name, period)
+                statement = await asyncio.to_thread(
+                    billing_statements.running_statement, self.ledger, name, period
+                )
             if tenant.spec.wallet is not None and tenant.spec.wallet.enabled:
                 balance = await self._burn_wallet(name, period, statement)
         except TransientError as exc:  # ledger down: keep the last figures, say so
@@ -169,14 +172,20 @@ class TenantReconciler:
         if closed >= period or facts.metered_until is None or facts.metered_until < closed.end:
             return None
         try:
-            statement = await asyncio.to_thread(self.ledger.running_statement, tenant.name, closed)
+            statement = await asyncio.to_thread(
+                billing_statements.running_statement, self.ledger, tenant.name, closed
+            )
         except InputError as exc:  # no terms recorded for it: nothing was rated then
             log.warning("tenant %s: cannot close %s: %s", tenant.name, closed, exc)
             return None
         try:
-            await asyncio.to_thread(self.ledger.finalize_statement, tenant.name, closed, statement)
+            await asyncio.to_thread(
+                billing_statements.finalize, self.ledger, tenant.name, closed, statement
+            )
         except ConflictError:
-            final = await asyncio.to_thread(self.ledger.get_statement, tenant.name, closed)
+            final = await asyncio.to_thread(
+                billing_statements.final_statement, self.ledger, tenant.name, closed
+            )
             return final.total if final is not None else None
         return statement.total
 

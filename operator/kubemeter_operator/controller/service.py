@@ -31,12 +31,12 @@ from kubemeter_operator.events_api.k8s_tokens import (
 )
 from kubemeter_operator.events_api.server import serve
 from kubemeter_operator.kube.client import KubeWriter, list_world, load_api_client
-from kubemeter_operator.kube.pods import PodMetadataWatch, start_pod_watch
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import CycleResult, MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodRegistry
+from kubemeter_operator.metering.podwatch import PodMetadataWatch, start_pod_watch
 from kubemeter_operator.metering.prometheus import PrometheusClient
 from kubemeter_operator.status.priceplan import priceplan_status, same_status
 
@@ -138,7 +138,7 @@ class OperatorService:
         """List Tenants, PricePlans and pods before the first metering cycle, so a
         (re)started operator never meters a window before it knows who owns what. kopf's
         watch events keep Tenants and PricePlans current afterwards; pods (thousands) are
-        followed by a metadata-only watch of our own (`kube.pods`)."""
+        followed by a metadata-only watch of our own (`metering.podwatch`)."""
         tenants, plans = await asyncio.to_thread(list_world, api_client)
         self._pod_watch = await asyncio.to_thread(start_pod_watch, api_client, self.pods)
         for body in plans:

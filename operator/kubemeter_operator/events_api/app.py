@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from kubemeter_operator.billing import statements as billing_statements
 from kubemeter_operator.errors import ConflictError, InputError, TransientError
 from kubemeter_operator.events_api.auth import TokenStore, bearer_token
 from kubemeter_operator.events_api.ports import EventLedger, TenantsProvider
@@ -204,17 +205,16 @@ async def get_usage(request: web.Request) -> web.Response:
         except ValueError as exc:
             raise ApiError(400, str(exc), field="period") from exc
     try:
-        statement = await state.call(state.ledger.running_statement, tenant, period)
+        statement, _final = await state.call(
+            billing_statements.statement, state.ledger, tenant, period
+        )
     except TransientError as exc:
         raise _unavailable(state, "the ledger is unavailable; retry later") from exc
     except InputError as exc:  # the ledger has no terms (price plan) for it yet
         raise ApiError(
             404, f"no statement for tenant {tenant!r} in {period}: {exc.problem}"
         ) from exc
-    if statement is None:
-        raise ApiError(404, f"no statement for tenant {tenant!r} in {period}")
-    body = statement.to_api() if hasattr(statement, "to_api") else statement
-    return _json(200, body, {"Cache-Control": "no-store"})
+    return _json(200, statement.to_api(), {"Cache-Control": "no-store"})
 
 
 async def healthz(request: web.Request) -> web.Response:

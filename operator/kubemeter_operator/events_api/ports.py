@@ -31,13 +31,18 @@ class EventLedger(Protocol):
     - `record_events`: all-or-nothing and idempotent by event id; raises
       `ConflictError(key=<id>)` when an id was recorded before with a different payload (or
       by another tenant) and `TransientError` when the database is unavailable.
-    - `running_statement`: the live statement of `tenant` for `period` (a `Statement` or
-      anything with the same JSON shape), or None when the ledger has no terms for it.
+    - `get_terms`, `period_totals`, `get_statement`: what `billing.statements` reads to
+      answer `GET /v1/tenants/{name}/usage` (the final statement of a closed period, else
+      the running one).
     """
 
     def record_events(self, tenant: str, records: Sequence[UsageRecord]) -> Any: ...
 
-    def running_statement(self, tenant: str, period: Period) -> Any: ...
+    def get_terms(self, tenant: str, period: Period) -> Any: ...
+
+    def period_totals(self, tenant: str, period: Period) -> Any: ...
+
+    def get_statement(self, tenant: str, period: Period) -> str | None: ...
 
 
 TenantsProvider = Callable[[], Mapping[str, Tenant]]

@@ -22,14 +22,12 @@ from sqlalchemy import Connection, Engine
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import UsageRecord
-from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import migrations, queries, statements, usage, wallets
 from kubemeter_operator.ledger.dberrors import wrapped
 from kubemeter_operator.ledger.engine import DEFAULT_URL, READONLY, make_engine
-from kubemeter_operator.ledger.statements import Terms
+from kubemeter_operator.ledger.statements import StatementLineRecord, StatementRecord, Terms
 from kubemeter_operator.ledger.usage import RecordResult, UsageWindow
 from kubemeter_operator.ledger.wallets import BurnResult, WalletBalance
-from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.usage.periods import Period
 from kubemeter_operator.usage.totals import UsageTotals
 
@@ -38,6 +36,8 @@ __all__ = [
     "BurnResult",
     "Ledger",
     "RecordResult",
+    "StatementLineRecord",
+    "StatementRecord",
     "Terms",
     "UsageWindow",
     "WalletBalance",
@@ -171,42 +171,15 @@ class Ledger:
     def get_terms(self, tenant: str, period: Period) -> Terms | None:
         return self._read("get terms", lambda c: statements.get_terms(c, tenant, period))
 
-    def finalize_statement(self, tenant: str, period: Period, statement: Statement) -> bool:
+    def finalize_statement(self, tenant: str, period: Period, record: StatementRecord) -> bool:
         """Close the period with this statement. True if stored now, False if the same
         statement already was; a different one raises ConflictError."""
         with self._write_tx("finalize statement") as conn:
-            return statements.finalize(conn, tenant, period, statement, self._clock())
+            return statements.finalize(conn, tenant, period, record, self._clock())
 
-    def get_statement(self, tenant: str, period: Period) -> Statement | None:
-        """The finalised statement of a closed period (None while it is open)."""
+    def get_statement(self, tenant: str, period: Period) -> str | None:
+        """The finalised statement's body (JSON) of a closed period (None while it is open)."""
         return self._read("get statement", lambda c: statements.get(c, tenant, period))
-
-    def running_statement(self, tenant: str, period: Period) -> Statement:
-        """Rate the period's rollup totals with the tenant's recorded terms."""
-        from kubemeter_operator.rating import rate
-
-        def run(conn: Connection) -> tuple[Terms | None, UsageTotals]:
-            return (
-                statements.get_terms(conn, tenant, period),
-                queries.period_totals(conn, tenant, period),
-            )
-
-        terms, totals = self._read("running statement", run)
-        if terms is None:
-            raise InputError(
-                "period",
-                f"no terms (price plan) recorded for tenant {tenant!r} in {period}; "
-                "the operator records them, or use `kubemeter ledger terms`",
-            )
-        return rate(terms.plan, totals, period=period, discount_percent=terms.discount_percent)
-
-    def statement(self, tenant: str, period: Period) -> tuple[Statement, bool]:
-        """The finalised statement if the period is closed, else the running one.
-        Returns (statement, finalised)."""
-        final = self.get_statement(tenant, period)
-        if final is not None:
-            return final, True
-        return self.running_statement(tenant, period), False
 
     # -- wallets -------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 Terms (the price plan and discount a tenant had for a period) are snapshotted so a period
 can be rated from the ledger alone; the latest `set_terms` for a period wins until the
-period's statement is finalised. A finalised statement is stored whole (canonical JSON plus
-its hash) and as line items; finalising it again with the same statement is a no-op, with a
-different one a ConflictError.
+period's statement is finalised. A finalised statement is stored whole (the billing layer's
+canonical JSON plus its hash) and as line items; finalising it again with the same statement
+is a no-op, with a different one a ConflictError. The ledger never rates: it stores what
+`billing` hands it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from kubemeter_operator.ledger.codec import canonical_json, digest
 from kubemeter_operator.ledger.columns import exact_problem
 from kubemeter_operator.ledger.schema import statement, statement_line, tenant_terms
 from kubemeter_operator.ledger.usage import _insert
-from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.usage.periods import Period
 
 
@@ -30,6 +30,29 @@ from kubemeter_operator.usage.periods import Period
 class Terms:
     plan: PricePlanSpec
     discount_percent: Decimal
+
+
+@dataclass(frozen=True)
+class StatementLineRecord:
+    """One line item of a finalised statement, for audit queries (the body has it all)."""
+
+    kind: str
+    """"meter", "platformFee", "discount" (and later kinds the billing layer adds)."""
+    meter: str | None
+    quantity: Decimal | None
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class StatementRecord:
+    """A finalised statement as the ledger stores it: the billing layer's JSON body (kept
+    whole, with its hash), its currency and total, and its line items."""
+
+    currency: str
+    total: Decimal
+    body: str
+    """Canonical JSON of the statement (what `get` returns)."""
+    lines: tuple[StatementLineRecord, ...] = ()
 
 
 def set_terms(
@@ -73,17 +96,13 @@ def get_terms(conn: Connection, tenant: str, period: Period) -> Terms | None:
     return Terms(PricePlanSpec.model_validate(json.loads(row.plan)), row.discount_percent)
 
 
-def _body(stmt: Statement) -> str:
-    return canonical_json(json.loads(stmt.to_json(indent=None)))
-
-
-def finalize(conn: Connection, tenant: str, period: Period, stmt: Statement, now: datetime) -> bool:
+def finalize(
+    conn: Connection, tenant: str, period: Period, record: StatementRecord, now: datetime
+) -> bool:
     """Store the statement; True if stored now, False if the same one already was."""
     if not tenant:
         raise InputError("tenant", "required")
-    if stmt.period != str(period):
-        raise InputError("statement.period", f"is {stmt.period}, not {period}")
-    body = _body(stmt)
+    body = canonical_json(json.loads(record.body))
     body_hash = digest(body)
     existing = conn.execute(
         select(statement.c.body_hash).where(
@@ -100,42 +119,33 @@ def finalize(conn: Connection, tenant: str, period: Period, stmt: Statement, now
         statement.insert().values(
             tenant=tenant,
             period=str(period),
-            currency=stmt.currency,
-            total=stmt.total,
+            currency=record.currency,
+            total=record.total,
             body=body,
             body_hash=body_hash,
             finalized_at=now,
         )
     )
-    lines: list[dict[str, object]] = [
-        {"kind": "meter", "meter": line.meter, "quantity": line.quantity, "amount": line.amount}
-        for line in stmt.lines
-    ]
-    lines.append({"kind": "platformFee", "meter": None, "quantity": None,
-                  "amount": stmt.platform_fee})  # fmt: skip
-    lines.append({"kind": "discount", "meter": None, "quantity": stmt.discount_percent,
-                  "amount": -stmt.discount})  # fmt: skip
-    for line in lines:
-        qty = line["quantity"]
-        if isinstance(qty, Decimal) and exact_problem(qty):
-            line["quantity"] = None  # audit detail only; the body keeps every digit
-    conn.execute(
-        statement_line.insert(),
-        [
-            {"tenant": tenant, "period": str(period), "line_no": i, **line}
-            for i, line in enumerate(lines)
-        ],
-    )
+    rows = []
+    for i, line in enumerate(record.lines):
+        qty = line.quantity
+        if qty is not None and exact_problem(qty):
+            qty = None  # audit detail only; the body keeps every digit
+        rows.append({"tenant": tenant, "period": str(period), "line_no": i, "kind": line.kind,
+                     "meter": line.meter, "quantity": qty, "amount": line.amount})  # fmt: skip
+    if rows:
+        conn.execute(statement_line.insert(), rows)
     return True
 
 
-def get(conn: Connection, tenant: str, period: Period) -> Statement | None:
-    body = conn.execute(
+def get(conn: Connection, tenant: str, period: Period) -> str | None:
+    """The body (canonical JSON) of the finalised statement, None while the period is open."""
+    body: str | None = conn.execute(
         select(statement.c.body).where(
             statement.c.tenant == tenant, statement.c.period == str(period)
         )
     ).scalar()
-    return None if body is None else Statement.model_validate_json(body)
+    return body
 
 
 def finalized_tenants(conn: Connection, period: Period) -> list[str]:

@@ -10,6 +10,7 @@ from sqlalchemy import MetaData, inspect
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import USAGE_LIST
+from kubemeter_operator.billing import statements as billing_statements
 from kubemeter_operator.errors import ConflictError, InputError
 from kubemeter_operator.ledger import Ledger, migrations
 from kubemeter_operator.ledger.engine import make_engine
@@ -32,24 +33,24 @@ RECORDS = USAGE_LIST.validate_python([
 def test_running_statement_and_immutable_final(ledger: Ledger, plan: PricePlanSpec) -> None:
     ledger.record_events("acme", RECORDS)
     with pytest.raises(InputError):
-        ledger.running_statement("acme", NOV)
+        billing_statements.running_statement(ledger, "acme", NOV)
     ledger.set_terms("acme", NOV, plan, Decimal("10"))
     terms = ledger.get_terms("acme", NOV)
     assert terms is not None
     assert terms.plan == plan
     assert terms.discount_percent == Decimal(10)
-    running = ledger.running_statement("acme", NOV)
+    running = billing_statements.running_statement(ledger, "acme", NOV)
     expected = rate(plan, accumulate(RECORDS, NOV), period=NOV, discount_percent=Decimal(10))
     assert running == expected
-    assert ledger.get_statement("acme", NOV) is None
-    assert ledger.finalize_statement("acme", NOV, running) is True
-    assert ledger.finalize_statement("acme", NOV, running) is False
-    assert ledger.get_statement("acme", NOV) == running
-    assert ledger.statement("acme", NOV) == (running, True)
+    assert billing_statements.final_statement(ledger, "acme", NOV) is None
+    assert billing_statements.finalize(ledger, "acme", NOV, running) is True
+    assert billing_statements.finalize(ledger, "acme", NOV, running) is False
+    assert billing_statements.final_statement(ledger, "acme", NOV) == running
+    assert billing_statements.statement(ledger, "acme", NOV) == (running, True)
     other = rate(plan, {}, period=NOV)
     with pytest.raises(ConflictError, match="acme"):
-        ledger.finalize_statement("acme", NOV, other)
-    assert ledger.get_statement("acme", NOV) == running
+        billing_statements.finalize(ledger, "acme", NOV, other)
+    assert billing_statements.final_statement(ledger, "acme", NOV) == running
 
 
 def test_v1_ledger_upgrades_in_place(ledger_url: str) -> None:

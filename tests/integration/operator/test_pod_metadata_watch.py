@@ -8,8 +8,8 @@ from collections.abc import Callable
 import kubernetes
 import pytest
 
-from kubemeter_operator.kube.pods import PodMetadataWatch, start_pod_watch
 from kubemeter_operator.metering.pods import PodRegistry
+from kubemeter_operator.metering.podwatch import PodMetadataWatch, start_pod_watch
 
 from support.cluster import KubeCluster
 

@@ -471,8 +471,14 @@ class DownLedger:
     def record_events(self, tenant: str, records: Any) -> Any:
         raise TransientError("ledger record events: database unavailable")
 
-    def running_statement(self, tenant: str, period: Period) -> Any:
-        raise TransientError("ledger running statement: database unavailable")
+    def get_terms(self, tenant: str, period: Period) -> Any:
+        raise TransientError("ledger get terms: database unavailable")
+
+    def period_totals(self, tenant: str, period: Period) -> Any:
+        raise TransientError("ledger period totals: database unavailable")
+
+    def get_statement(self, tenant: str, period: Period) -> Any:
+        raise TransientError("ledger get statement: database unavailable")
 
 
 def test_ledger_outage_is_503_with_retry_after(

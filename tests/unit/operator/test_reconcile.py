@@ -16,6 +16,7 @@ import pytest
 from kubemeter_operator.api.priceplan import PricePlan
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.api.usage import TokenUsage
+from kubemeter_operator.billing.statements import final_statement
 from kubemeter_operator.controller.reconcile import CycleFacts, TenantReconciler, wallet_checkpoint
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.usage.periods import Period
@@ -159,14 +160,14 @@ def test_period_closes_once_metering_has_covered_it(ledger: Ledger) -> None:
     # November has begun but metering has not reached Nov 1 yet: nothing closes
     nov_first = datetime(2026, 11, 1, 0, 0, 10, tzinfo=UTC)
     run(rec.reconcile(acme, PLAN, CycleFacts(nov_first, october), {}))
-    assert ledger.get_statement("acme", Period(2026, 10)) is None
+    assert final_statement(ledger, "acme", Period(2026, 10)) is None
 
     rec2 = TenantReconciler(ledger, writer)
     acme_seen = acme.model_copy(update={"status": None})
     run(rec2.reconcile(acme_seen, PLAN, CycleFacts(october, october), {}))
     covered = datetime(2026, 11, 1, 0, 0, 5, tzinfo=UTC)
     status = run(rec2.reconcile(acme_seen, PLAN, CycleFacts(nov_first, covered), {}))
-    final = ledger.get_statement("acme", Period(2026, 10))
+    final = final_statement(ledger, "acme", Period(2026, 10))
     assert final is not None
     assert final.total == Decimal("13.00")
     assert status.period == "2026-11"
