@@ -32,6 +32,11 @@ class OperatorConfig(BaseModel):
     """host:port of the events API; empty disables it."""
     metrics_port: int = Field(default=9090, ge=0, le=65535)
     """Port of the operator's own /metrics (0 disables it)."""
+    period_grace_s: float = Field(default=3600.0, ge=0, le=7 * 86400)
+    """A period is finalised once metering has covered its end plus this grace (seconds),
+    so events that arrive a little late still land on its invoice."""
+    backdate_days: int = Field(default=35, ge=1, le=366)
+    """The events API refuses usage timestamped more than this many days ago."""
     kubeconfig: str | None = None
     """Kubeconfig path; in-cluster config when unset."""
     standalone: bool = False

@@ -24,6 +24,14 @@ def register(sub: Any) -> None:
     parser.add_argument("--lag", dest="lag_s", type=float, help="seconds window ends trail now")
     parser.add_argument("--events-listen", dest="events_listen", help="host:port ('' = off)")
     parser.add_argument("--metrics-port", dest="metrics_port", type=int)
+    parser.add_argument(
+        "--period-grace", dest="period_grace_s", type=float,
+        help="seconds after a period's end (once metered) before it is finalised (3600)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backdate-days", dest="backdate_days", type=int,
+        help="oldest usage timestamp the events API accepts, in days (35)",
+    )  # fmt: skip
     parser.add_argument("--kubeconfig")
     parser.add_argument("--standalone", action="store_true", default=None)
     parser.add_argument("--log-level", default="INFO")

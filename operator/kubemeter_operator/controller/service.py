@@ -24,7 +24,7 @@ from kubemeter_operator.api.priceplan import PricePlan, PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.config import OperatorConfig
 from kubemeter_operator.controller.reconcile import CycleFacts, TenantReconciler
-from kubemeter_operator.events_api.app import create_app
+from kubemeter_operator.events_api.app import EventsApiConfig, create_app
 from kubemeter_operator.events_api.k8s_tokens import (
     KubernetesTokenStore,
     kubernetes_secret_reader,
@@ -130,7 +130,12 @@ class OperatorService:
                 lambda: dict(self.tenants), kubernetes_secret_reader(core)
             )
             self._tasks.append(asyncio.create_task(self.token_store.run(), name="token-store"))
-            app = create_app(self.ledger, self.token_store, lambda: dict(self.tenants))
+            app = create_app(
+                self.ledger,
+                self.token_store,
+                lambda: dict(self.tenants),
+                config=EventsApiConfig(max_backdate=timedelta(days=cfg.backdate_days)),
+            )
             self._runner = await serve(app, host=listen[0], port=listen[1])
         log.info("kubemeter operator started (ledger %s)", self.ledger.dialect)
 

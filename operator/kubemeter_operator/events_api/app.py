@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -47,6 +47,10 @@ class EventsApiConfig:
     """Retry-After of a 503 (ledger or token store unavailable)."""
     ledger_threads: int = 8
     """Threads for blocking ledger calls (kept off the event loop)."""
+    max_future: timedelta = timedelta(minutes=5)
+    """Usage timestamped further than this ahead of the API's clock is refused (422)."""
+    max_backdate: timedelta = timedelta(days=35)
+    """Usage timestamped further than this behind the API's clock is refused (422)."""
 
 
 CONFIG_KEY = web.AppKey("kubemeter_events_api_config", EventsApiConfig)
