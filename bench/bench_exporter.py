@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import resource
 import statistics
 import tempfile
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
+import procstat
 from kubemeter_exporter.cgroups import ProcCgroupReader
 from kubemeter_exporter.clock import ManualClock
 from kubemeter_exporter.collector import Collector
@@ -113,15 +113,6 @@ class ReplayNvml:
         return [ProcessUtilSample(pid, ts, u) for pid, u in self.util[uuid]]
 
 
-def rss_mb() -> tuple[float, float]:
-    cur = 0.0
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            cur = int(line.split()[1]) / 1024
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return cur, peak
-
-
 def run(label: str, collector: Collector, clock: ManualClock, n: int) -> None:
     for _ in range(5):  # warm up: caches filled, series created
         clock.advance(5)
@@ -154,7 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--collections", type=int, default=300)
     args = ap.parse_args()
-    base_rss = rss_mb()[0]
+    base_rss = procstat.memory_mb()[0]
     sc = scenario()
     with tempfile.TemporaryDirectory(prefix="kubemeter-bench-") as tmp:
         clock = ManualClock()
@@ -180,7 +171,7 @@ def main() -> None:
         run("simulated", collector(node.backend), clock, args.collections)
         replay_clock = clock
         run("exporter only", collector(ReplayNvml(node.backend)), replay_clock, args.collections)
-        cur, peak = rss_mb()
+        cur, peak = procstat.memory_mb()
         print(
             f"memory: RSS now {cur:.1f} MB, peak {peak:.1f} MB "
             f"(interpreter + imports before setup: {base_rss:.1f} MB)"

@@ -13,7 +13,6 @@ KUBEMETER_BENCH_POSTGRES_URL points at one). Target: >= 20,000 events/s into Pos
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import sys
@@ -21,24 +20,15 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 
 from kubemeter_operator.api.usage import TokenUsage, UsageRecord
 from kubemeter_operator.ledger import Ledger
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
+from loader import pgtmp
+
 BATCH = 100
 DUP_SHARE = 0.10
-
-
-def load_pgtmp() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("kubemeter_pgtmp", ROOT / "hack" / "pgtmp.py")
-    assert spec is not None
-    assert spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["kubemeter_pgtmp"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def make_batches(n_events: int, tenants: int, seed: int = 7) -> list[tuple[str, list[UsageRecord]]]:
@@ -109,16 +99,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             run(f"sqlite:///{tmp}/bench.db", batches, "sqlite")
     if args.only in (None, "postgresql"):
-        url = os.environ.get("KUBEMETER_BENCH_POSTGRES_URL")
-        server = None
-        if not url:
-            server = load_pgtmp().start(durable=True)
-            url = server.url()
-        try:
+        with pgtmp.url_or_start(
+            os.environ.get("KUBEMETER_BENCH_POSTGRES_URL"), durable=True
+        ) as url:
             run(url, batches, "postgresql")
-        finally:
-            if server is not None:
-                server.stop()
 
 
 if __name__ == "__main__":

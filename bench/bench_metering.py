@@ -1,6 +1,6 @@
 """Benchmark: one metering cycle for 10,000 GPU pods across 100 tenants.
 
-A synthetic exporter (a prometheus_client HTTP server in a child process) serves 10,000
+A synthetic exporter (bench/synthetic_exporter.py, in a child process) serves 10,000
 series of each GPU counter with the contract's labels; a real Prometheus scrapes it every
 second; the cycle reads it and writes to a real ledger (SQLite by default, ``--db URL`` for
 PostgreSQL). Prints the cycle time split into Prometheus query, compute and ledger write,
@@ -12,65 +12,23 @@ and the operator process's RSS. Targets (docs/PRODUCT.md): cycle <= 5 s, RSS <= 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+import procstat
+import synthetic_exporter
+from kubemeter_operator.api.priceplan import PricePlanSpec
+from kubemeter_operator.api.tenant import Tenant
+from kubemeter_operator.ledger import Ledger
+from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
+from kubemeter_operator.metering.pods import PodMeta, StaticPodDirectory
+from kubemeter_operator.metering.prometheus import PrometheusClient
 
-
-def serve(port: int, pods: int, tenants: int) -> None:
-    """The synthetic exporter: counters grow with wall time (allocated = ms since start)."""
-    from prometheus_client import start_http_server
-    from prometheus_client.core import REGISTRY, CounterMetricFamily
-    from prometheus_client.registry import Collector
-
-    from kubemeter_exporter import contract
-
-    t0 = time.time()
-    per_ns = max(1, pods // tenants)
-    labels = [
-        [f"node-{i // 8:03d}", f"GPU-{i:08d}", "NVIDIA H100 80GB HBM3", "",
-         f"ns-{i // per_ns:03d}", f"pod-{i:05d}", f"uid-{i:05d}", "bench"]
-        for i in range(pods)
-    ]  # fmt: skip
-
-    class Synthetic(Collector):
-        def collect(self) -> Iterator[CounterMetricFamily]:
-            ms = int((time.time() - t0) * 1000)
-            alloc = CounterMetricFamily(
-                contract.GPU_ALLOCATED_MS.family, contract.GPU_ALLOCATED_MS.help,
-                labels=contract.COUNTER_LABELS,
-            )  # fmt: skip
-            active = CounterMetricFamily(
-                contract.GPU_ACTIVE_MS.family, contract.GPU_ACTIVE_MS.help,
-                labels=contract.COUNTER_LABELS,
-            )  # fmt: skip
-            for i, lv in enumerate(labels):
-                alloc.add_metric(lv, ms + i)
-                active.add_metric(lv, (ms + i) // 2)
-            yield alloc
-            yield active
-
-    REGISTRY.register(Synthetic())
-    start_http_server(port, addr="127.0.0.1")
-    while True:
-        time.sleep(3600)
-
-
-def rss_mb() -> tuple[float, float]:
-    """(VmRSS, VmHWM) of this process in MB, from /proc/self/status."""
-    values = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            key, val = line.split(":", 1)
-            values[key] = int(val.split()[0]) / 1024
-    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
+from loader import prometheus
 
 
 def main() -> int:
@@ -79,37 +37,20 @@ def main() -> int:
     p.add_argument("--tenants", type=int, default=100)
     p.add_argument("--db", default=None, help="ledger URL (default: a temp SQLite file)")
     p.add_argument("--cycles", type=int, default=3)
-    p.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve:
-        serve(args.serve, args.pods, args.tenants)
-        return 0
 
-    from kubemeter_operator.api.priceplan import PricePlanSpec
-    from kubemeter_operator.api.tenant import Tenant
-    from kubemeter_operator.ledger import Ledger
-    from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
-    from kubemeter_operator.metering.pods import PodMeta, StaticPodDirectory
-    from kubemeter_operator.metering.prometheus import PrometheusClient
-
-    from support.prometheus import PrometheusServer, free_port
-
-    port = free_port()
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port), "--pods", str(args.pods),
-         "--tenants", str(args.tenants)],
-    )  # fmt: skip
+    per_ns = max(1, args.pods // args.tenants)
+    gpu_pods = [
+        (f"node-{i // 8:03d}", f"ns-{i // per_ns:03d}", f"pod-{i:05d}", f"uid-{i:05d}")
+        for i in range(args.pods)
+    ]
+    port = prometheus.free_port()
     tmp = Path(tempfile.mkdtemp(prefix="kubemeter-bench-"))
-    prom = PrometheusServer([f"127.0.0.1:{port}"], data_dir=tmp / "prom")
+    prom = prometheus.PrometheusServer([f"127.0.0.1:{port}"], data_dir=tmp / "prom")
+    child = synthetic_exporter.start(gpu_pods, port, tmp)
     try:
         prom.start()
-        prom.wait_for_targets(timeout=60)
-        prom.wait_for(
-            "count(kubemeter_gpu_active_milliseconds_total)",
-            lambda r: bool(r) and int(float(r[0]["value"][1])) == args.pods,
-            timeout=60,
-        )
-        per_ns = max(1, args.pods // args.tenants)
+        synthetic_exporter.wait_scraped(prom, args.pods, timeout=60)
         tenants = [
             Tenant.model_validate({
                 "metadata": {"name": f"tenant-{t:03d}",
@@ -127,8 +68,7 @@ def main() -> int:
             })
         }  # fmt: skip
         pods = StaticPodDirectory(
-            PodMeta(f"ns-{i // per_ns:03d}", f"pod-{i:05d}", f"uid-{i:05d}", {"team": "x"})
-            for i in range(args.pods)
+            PodMeta(ns, name, uid, {"team": "x"}) for _node, ns, name, uid in gpu_pods
         )
         url = args.db or f"sqlite:///{tmp / 'ledger.db'}"
         ledger = Ledger.open(url)
@@ -151,7 +91,7 @@ def main() -> int:
                 time.sleep(0.2)
                 continue
             done += 1
-            rss, peak = rss_mb()
+            rss, peak = procstat.memory_mb()
             print(
                 f"{done:>5} {result.accepted:>8} {total:>8.3f} {result.query_s:>8.3f} "
                 f"{result.compute_s:>9.3f} {result.write_s:>8.3f} {rss:>7.1f} {peak:>7.1f}"

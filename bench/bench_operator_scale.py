@@ -3,10 +3,11 @@
 Starts the dev cluster (kube-apiserver, etcd, controllers, kwok) with fake GPU nodes that
 hold up to ``--pods-per-node`` pods each, creates one namespace and one Tenant (all on one
 PricePlan) per tenant and ``--pods`` pods spread over the namespaces (``spec.nodeName`` set,
-so no scheduler is involved; kwok marks them Running). A synthetic exporter (a child process)
-serves the contract's GPU counters for exactly those pods (real names and uids), growing
-with wall time; a real Prometheus scrapes it (``honor_labels``). Then ``kubemeter
-operator`` runs as a subprocess against a SQLite ledger while this script:
+so no scheduler is involved; kwok marks them Running). A synthetic exporter
+(bench/synthetic_exporter.py, a child process) serves the contract's GPU counters for exactly
+those pods (real names and uids), growing with wall time; a real Prometheus scrapes it
+(``honor_labels``). Then ``kubemeter operator`` runs as a subprocess against a SQLite ledger
+while this script:
 
 * polls the operator's own ``/metrics`` for ``kubemeter_metering_cycles_total`` and
   ``kubemeter_metering_cycle_duration_seconds`` (one cycle = query + compute + ledger write),
@@ -28,10 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import importlib.util
 import json
 import math
-import os
 import shutil
 import signal
 import sqlite3
@@ -43,19 +42,25 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType, ModuleType
+from types import FrameType
 from typing import Any
 from urllib.parse import urlencode, urlsplit
+
+import procstat
+import synthetic_exporter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
+from loader import devcluster, prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 GROUP, VERSION = "kubemeter.dev", "v1alpha1"
-H100 = "NVIDIA H100 80GB HBM3"
+H100 = synthetic_exporter.GPU_MODEL
 PLAN = "bench-gpu"
 TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 T0 = time.monotonic()
@@ -63,55 +68,6 @@ T0 = time.monotonic()
 
 def say(message: str) -> None:
     print(f"[{time.monotonic() - T0:7.1f}s] {message}", flush=True)
-
-
-def load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-# --------------------------------------------------------------------------- exporter child
-
-
-def serve(port: int, pod_file: Path) -> None:
-    """The synthetic exporter: one series per pod of each GPU counter; allocated ms grows
-    with wall time since start, active ms at half that rate."""
-    from prometheus_client import start_http_server
-    from prometheus_client.core import REGISTRY, CounterMetricFamily
-    from prometheus_client.registry import Collector
-
-    from kubemeter_exporter import contract
-
-    t0 = time.time()
-    pods: list[list[str]] = json.loads(pod_file.read_text())
-    # COUNTER_LABELS: node, gpu_uuid, gpu_model, mig_profile, namespace, pod, pod_uid,
-    # exporter_instance
-    labels = [
-        [node, f"GPU-{i:08d}", H100, "", ns, name, uid, "bench"]
-        for i, (node, ns, name, uid) in enumerate(pods)
-    ]
-
-    class Synthetic(Collector):
-        def collect(self) -> Iterator[CounterMetricFamily]:
-            ms = int((time.time() - t0) * 1000)
-            spec_a, spec_b = contract.GPU_ALLOCATED_MS, contract.GPU_ACTIVE_MS
-            alloc = CounterMetricFamily(spec_a.family, spec_a.help, labels=contract.COUNTER_LABELS)
-            active = CounterMetricFamily(spec_b.family, spec_b.help, labels=contract.COUNTER_LABELS)
-            for i, lv in enumerate(labels):
-                alloc.add_metric(lv, ms + i)
-                active.add_metric(lv, (ms + i) // 2)
-            yield alloc
-            yield active
-
-    REGISTRY.register(Synthetic())
-    start_http_server(port, addr="127.0.0.1")
-    while True:
-        time.sleep(3600)
 
 
 # --------------------------------------------------------------------------- kube client
@@ -232,26 +188,6 @@ def parallel(workers: int, fn: Callable[[Any], Any], items: Sequence[Any]) -> li
 
 
 # --------------------------------------------------------------------------- observation
-
-
-def proc_mem_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) in MB."""
-    values: dict[str, float] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                key, val = line.split(":", 1)
-                values[key] = int(val.split()[0]) / 1024
-    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
-
-
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (0 when gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -379,9 +315,9 @@ class Cycle:
 class Procs:
     """Everything started, so cleanup can stop it in reverse order."""
 
-    cleanups: list[tuple[str, Callable[[], None]]] = field(default_factory=list)
+    cleanups: list[tuple[str, Callable[[], object]]] = field(default_factory=list)
 
-    def add(self, name: str, fn: Callable[[], None]) -> None:
+    def add(self, name: str, fn: Callable[[], object]) -> None:
         self.cleanups.append((name, fn))
 
     def close(self) -> None:
@@ -415,8 +351,6 @@ class Bench:
         self.args = args
         self.tmp = tmp
         self.procs = procs
-        self.devcluster = load(ROOT / "hack" / "devcluster.py", "kubemeter_devcluster")
-        self.promtools = load(ROOT / "tests" / "support" / "prometheus.py", "kubemeter_prom")
         self.figures: dict[str, str] = {}
         self.cpu_pids: dict[str, int] = {}
 
@@ -426,25 +360,23 @@ class Bench:
         a = self.args
         t = time.monotonic()
         cluster_dir = self.tmp / "cluster"
-        self.procs.add("dev cluster", lambda: self.devcluster.stop(cluster_dir))
-        cluster = self.devcluster.start(
-            cluster_dir, controllers=True, gpu_nodes=0, die_with_parent=True
-        )
+        self.procs.add("dev cluster", lambda: devcluster.stop(cluster_dir))
+        cluster = devcluster.start(cluster_dir, controllers=True, gpu_nodes=0, die_with_parent=True)
         self.cluster_obj = cluster
         self.kubeconfig = str(cluster.kubeconfig)
         self.kube = Kube(cluster.server, cluster_dir / "pki")
-        self.cpu_pids.update(self.devcluster._load_pids(cluster_dir))
+        self.cpu_pids.update(devcluster._load_pids(cluster_dir))
         nodes = math.ceil(a.pods / a.pods_per_node)
         self.nodes = [f"bench-gpu-{i:03d}" for i in range(nodes)]
 
         def make_node(name: str) -> None:
-            body = self.devcluster.fake_gpu_node(name, a.pods_per_node)
+            body = devcluster.fake_gpu_node(name, a.pods_per_node)
             for key in ("capacity", "allocatable"):
                 body["status"][key]["pods"] = str(a.pods_per_node + 10)
             self.kube.create("/api/v1/nodes", body)
 
         parallel(a.workers, make_node, self.nodes)
-        self.devcluster.wait_nodes_ready(cluster, self.nodes, timeout=120)
+        devcluster.wait_nodes_ready(cluster, self.nodes, timeout=120)
         res = cluster.kubectl("apply", "-f", str(ROOT / "crds"))
         if res.returncode != 0:
             raise RuntimeError(f"kubectl apply crds: {res.stderr}")
@@ -542,21 +474,12 @@ class Bench:
 
     # ---- exporter and Prometheus
 
-    def exporter(self, pods: list[list[str]]) -> Any:
-        pod_file = self.tmp / "pods.json"
-        pod_file.write_text(json.dumps(pods))
-        port = self.promtools.free_port()
-        log = open(self.tmp / "exporter.log", "wb")  # noqa: SIM115 - owned by the child
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(port), "--pod-file", str(pod_file)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
+    def exporter(self, pods: list[list[str]]) -> prometheus.PrometheusServer:
+        port = prometheus.free_port()
+        child = synthetic_exporter.start(pods, port, self.tmp)
         self.procs.add("synthetic exporter", lambda: stop_process(child))
         self.cpu_pids["exporter"] = child.pid
-        prom = self.promtools.PrometheusServer(
+        prom = prometheus.PrometheusServer(
             [f"127.0.0.1:{port}"],
             data_dir=self.tmp / "prometheus",
             scrape_interval=f"{self.args.scrape_interval}s",
@@ -568,14 +491,9 @@ class Bench:
         say(f"synthetic exporter on :{port}, Prometheus at {prom.url}")
         return prom
 
-    def wait_series(self, prom: Any, pods: int) -> float:
+    def wait_series(self, prom: prometheus.PrometheusServer, pods: int) -> float:
         t = time.monotonic()
-        prom.wait_for_targets(timeout=90)
-        prom.wait_for(
-            "count(kubemeter_gpu_allocated_milliseconds_total)",
-            lambda r: bool(r) and int(float(r[0]["value"][1])) == pods,
-            timeout=90,
-        )
+        synthetic_exporter.wait_scraped(prom, pods, timeout=90)
         say(f"Prometheus has all {pods} series ({time.monotonic() - t:.1f}s)")
         return time.monotonic()
 
@@ -583,7 +501,7 @@ class Bench:
 
     def operator(self, prom_url: str) -> tuple[subprocess.Popen[bytes], str, Path]:
         a = self.args
-        port = self.promtools.free_port()
+        port = prometheus.free_port()
         db = self.tmp / "ledger.db"
         self.op_log = self.tmp / "operator.log"
         log = open(self.op_log, "wb")  # noqa: SIM115 - owned by the child
@@ -627,7 +545,7 @@ class Bench:
                 raise TimeoutError(f"only {len(cycles)} cycles seen; log:\n{self.log_tail()}")
             if proc.poll() is not None:
                 raise RuntimeError(f"operator exited ({proc.returncode}):\n{self.log_tail()}")
-            rss, hwm = proc_mem_mb(pid)
+            rss, hwm = procstat.memory_mb(pid)
             peak_rss = max(peak_rss, rss)
             rss_samples.append((now - started, rss))
             if seeded_at is None and "seeded" in self.log_tail(100_000):
@@ -641,7 +559,7 @@ class Bench:
             if m is not None and m.count > prev.count:
                 n = int(m.count - prev.count)
                 rows = ledger_rows(db)
-                cpu = proc_cpu_s(pid)
+                cpu = procstat.cpu_s(pid)
                 c = Cycle(
                     n=len(cycles) + 1, cycles=n, window_end=m.window_end,
                     duration_s=(m.total_s - prev.total_s) / n, series=int(m.series),
@@ -665,7 +583,7 @@ class Bench:
         while time.monotonic() - t < max(30.0, a.interval):
             if len(watcher.updated(end)) >= a.tenants:
                 break
-            rss, _ = proc_mem_mb(pid)
+            rss, _ = procstat.memory_mb(pid)
             peak_rss = max(peak_rss, rss)
             time.sleep(a.poll)
         for c in cycles:
@@ -676,14 +594,14 @@ class Bench:
                 cycle_end = min(c.detected, first)  # the first patch follows the cycle's end
                 c.reconcile_s = last - cycle_end
                 c.start_to_status_s = last - (cycle_end - c.duration_s)
-        rss_now, hwm = proc_mem_mb(pid)
+        rss_now, hwm = procstat.memory_mb(pid)
         self.rss = (rss_now, max(peak_rss, rss_now), hwm)
         self.startup = (seeded_at, cycles[0].detected, started)
         self.rss_samples = rss_samples
         return cycles
 
     def cpu_now(self) -> dict[str, float]:
-        return {name: proc_cpu_s(pid) for name, pid in self.cpu_pids.items()}
+        return {name: procstat.cpu_s(pid) for name, pid in self.cpu_pids.items()}
 
 
 def report(bench: Bench, cycles: list[Cycle], cpu0: dict[str, float], cpu_span: float) -> None:
@@ -766,13 +684,7 @@ def main() -> int:
     p.add_argument("--poll", type=float, default=0.2, help="observation poll (s)")
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs, ledger)")
-    p.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--pod-file", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve:
-        assert args.pod_file is not None
-        serve(args.serve, args.pod_file)
-        return 0
     args.pods = args.pods or (1000 if args.quick else 10_000)
     args.tenants = args.tenants or (10 if args.quick else 100)
     args.cycles = args.cycles or (3 if args.quick else 5)

@@ -14,14 +14,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ingest import load_pgtmp
-
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage, UsageRecord
 from kubemeter_operator.billing.statements import running_statement
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.usage.periods import Period
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hack"))
+from loader import pgtmp
 
 PLAN = PricePlanSpec.model_validate({
     "currency": "USD", "platformFee": "100",
@@ -75,13 +75,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             run(f"sqlite:///{tmp}/bench.db", args.records, "sqlite")
     if args.only in (None, "postgresql"):
-        url = os.environ.get("KUBEMETER_BENCH_POSTGRES_URL")
-        server = None if url else load_pgtmp().start(durable=False)
-        try:
-            run(url or server.url(), args.records, "postgresql")  # type: ignore[union-attr]
-        finally:
-            if server is not None:
-                server.stop()
+        with pgtmp.url_or_start(os.environ.get("KUBEMETER_BENCH_POSTGRES_URL")) as url:
+            run(url, args.records, "postgresql")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import secrets
@@ -27,7 +26,8 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
+
+from loader import devcluster, prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -47,16 +47,6 @@ PODS = [
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 
 
-def load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def say(message: str) -> None:
     print(f"\n\033[1m== {message}\033[0m", flush=True)
 
@@ -65,9 +55,7 @@ class Demo:
     def __init__(self, state: Path, speed: int) -> None:
         self.state = state
         self.speed = speed
-        self.devcluster = load(ROOT / "hack" / "devcluster.py", "kubemeter_devcluster")
-        self.promtools = load(ROOT / "tests" / "support" / "prometheus.py", "kubemeter_prom")
-        self.kubectl_bin = str(self.devcluster.binary_path("kubectl"))
+        self.kubectl_bin = str(devcluster.binary_path("kubectl"))
         self.kubeconfig = ""
         self.db = f"sqlite:///{state / 'ledger.db'}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -95,7 +83,7 @@ class Demo:
 
     def cluster(self) -> None:
         say("starting the dev cluster (kube-apiserver, controllers, kwok GPU nodes)")
-        cluster = self.devcluster.start(self.state / "cluster", controllers=True, gpu_nodes=1)
+        cluster = devcluster.start(self.state / "cluster", controllers=True, gpu_nodes=1)
         self.kubeconfig = cluster.kubeconfig
         print(f"export KUBECONFIG={self.kubeconfig}")
 
@@ -152,8 +140,7 @@ class Demo:
         )
 
     def run_components(self) -> tuple[str, str]:
-        free_port = self.promtools.free_port
-        exporter_port, events_port = free_port(), free_port()
+        exporter_port, events_port = prometheus.free_port(), prometheus.free_port()
         say(f"exporter: simulated GPUs at {self.speed}x (curl 127.0.0.1:{exporter_port}/metrics)")
         self.spawn(
             "exporter",
@@ -173,12 +160,13 @@ class Demo:
                 f"127.0.0.1:{exporter_port}",
             ],
         )
-        prom = self.promtools.PrometheusServer(
+        prom = prometheus.PrometheusServer(
             [f"127.0.0.1:{exporter_port}"],
             data_dir=self.state / "prometheus",
             scrape_interval="2s",
         )
         prom.start()
+        assert prom.proc is not None  # start() returns only once the process runs
         self.procs["prometheus"] = prom.proc
         (self.state / "prometheus.pid").write_text(str(prom.proc.pid))
         print(f"prometheus: {prom.url}")
@@ -322,7 +310,7 @@ class Demo:
                 except subprocess.TimeoutExpired:
                     proc.kill()
             (self.state / f"{name}.pid").unlink(missing_ok=True)
-        self.devcluster.stop(self.state / "cluster")
+        devcluster.stop(self.state / "cluster")
 
 
 def down(state: Path) -> int:
@@ -330,7 +318,6 @@ def down(state: Path) -> int:
         with contextlib.suppress(ProcessLookupError, ValueError):
             os.kill(int(pidfile.read_text()), signal.SIGTERM)
         pidfile.unlink()
-    devcluster = load(ROOT / "hack" / "devcluster.py", "kubemeter_devcluster")
     devcluster.stop(state / "cluster")
     return 0
 

@@ -17,9 +17,10 @@ CLI::
 keep running in the background (own session). ``up`` on a dir whose cluster runs is a no-op;
 after ``down`` it restarts on the same etcd data (objects survive; ``down --purge`` wipes).
 
-Python API (used by the pytest fixture ``kube_cluster``)::
+Python API (used by the pytest fixture ``kube_cluster``, and by scripts through
+``hack/loader.py``)::
 
-    devcluster = importlib-loaded module
+    from loader import devcluster  # or tests/support/cluster.py's load_devcluster()
     cluster = devcluster.start(".cluster", controllers=True, gpu_nodes=2)
     cluster.kubeconfig, cluster.server, cluster.kubectl("get", "nodes")
     devcluster.stop(".cluster")
@@ -47,8 +48,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 HACK_DIR = Path(__file__).resolve().parent
 VERSIONS_FILE = HACK_DIR / "versions.env"
@@ -64,6 +67,10 @@ SERVICE_IP = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Serv
 
 # Start order; `down` stops in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+T = TypeVar("T")
+Log = Callable[[str], None]
+Spawn = Callable[[Path, str, list[str]], int]  # (dir, component, argv) -> pid
 
 
 class DevClusterError(RuntimeError):
@@ -126,8 +133,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         raise DevClusterError(f"command failed ({res.returncode}): {' '.join(cmd)}\n{res.stderr}")
     return res
@@ -356,7 +363,7 @@ class Cluster:
 
     def kubectl(
         self, *args: str, input: str | None = None, timeout: float = 60
-    ) -> subprocess.CompletedProcess:
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(binary_path("kubectl")), "--kubeconfig", self.kubeconfig, *args],
             input=input,
@@ -424,7 +431,7 @@ def _running(d: Path) -> dict[str, bool]:
     return {name: _pid_alive(pid) for name, pid in _load_pids(d).items()}
 
 
-def load(d: str | os.PathLike) -> Cluster | None:
+def load(d: str | os.PathLike[str]) -> Cluster | None:
     """The cluster recorded in dir (whether or not its processes still run)."""
     d = Path(d).resolve()
     try:
@@ -483,8 +490,14 @@ def _log_tail(d: Path, name: str, n: int = 30) -> str:
 
 
 def _wait(
-    what: str, fn, timeout: float, d: Path, component: str | None = None, interval: float = 0.2
-):
+    what: str,
+    fn: Callable[[], T],
+    timeout: float,
+    d: Path,
+    component: str | None = None,
+    interval: float = 0.2,
+) -> T:
+    """Call `fn` every `interval` seconds until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
     while time.monotonic() < deadline:
@@ -516,7 +529,7 @@ def _tcp_open(port: int) -> bool:
 # --------------------------------------------------------------------------- nodes
 
 
-def fake_gpu_node(name: str, gpus: int) -> dict:
+def fake_gpu_node(name: str, gpus: int) -> dict[str, Any]:
     capacity = {
         "cpu": "64",
         "memory": "512Gi",
@@ -579,8 +592,9 @@ def create_gpu_nodes(
     return names
 
 
-def _node_ready(node: dict) -> bool:
-    for c in (node.get("status") or {}).get("conditions") or []:
+def _node_ready(node: dict[str, Any]) -> bool:
+    conditions: list[dict[str, str]] = (node.get("status") or {}).get("conditions") or []
+    for c in conditions:
         if c.get("type") == "Ready":
             return c.get("status") == "True"
     return False
@@ -601,14 +615,14 @@ def wait_nodes_ready(cluster: Cluster, names: list[str], timeout: float = 60) ->
 
 
 def start(
-    dir: str | os.PathLike = ".cluster",
+    dir: str | os.PathLike[str] = ".cluster",
     *,
     controllers: bool = True,
     gpu_nodes: int = 2,
     gpus_per_node: int = 8,
     timeout: float = 120,
     die_with_parent: bool = False,
-    log=None,
+    log: Log | None = None,
 ) -> Cluster:
     """Start (or reuse, if already running) a dev cluster in ``dir`` and return it.
 
@@ -656,9 +670,9 @@ def _start(
     gpu_nodes: int,
     gpus_per_node: int,
     timeout: float,
-    say,
+    say: Log,
     t0: float,
-    spawn,
+    spawn: Spawn,
 ) -> Cluster:
     names = ["etcd", "kube-apiserver", "kubectl"]
     if controllers:
@@ -836,7 +850,9 @@ def _start(
     return load(d) or cluster
 
 
-def stop(dir: str | os.PathLike = ".cluster", timeout: float = 15, log=None) -> list[str]:
+def stop(
+    dir: str | os.PathLike[str] = ".cluster", timeout: float = 15, log: Log | None = None
+) -> list[str]:
     """Stop the processes in dir/pids.json (SIGTERM, then SIGKILL); return their names."""
     say = log or (lambda msg: None)
     d = Path(dir).resolve()
@@ -868,11 +884,11 @@ def stop(dir: str | os.PathLike = ".cluster", timeout: float = 15, log=None) -> 
     return stopped
 
 
-def status(dir: str | os.PathLike = ".cluster") -> dict:
+def status(dir: str | os.PathLike[str] = ".cluster") -> dict[str, Any]:
     d = Path(dir).resolve()
     cluster = load(d)
     pids = _load_pids(d)
-    out: dict = {
+    out: dict[str, Any] = {
         "dir": str(d),
         "components": {n: {"pid": p, "running": _pid_alive(p)} for n, p in pids.items()},
     }

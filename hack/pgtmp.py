@@ -1,16 +1,17 @@
 """Start a throwaway PostgreSQL server (Debian's package) in a temporary directory.
 
-Used by the test fixture (tests/support/postgres.py) and by the benchmarks (bench/). Plain
-stdlib, importable by path. The server runs as a non-root user: the current user, or, when
-running as root, the `postgres` system user the Debian package creates (or
-`$KUBEMETER_PG_USER`). It listens on 127.0.0.1 on a free port and on a unix socket in the
-temporary directory, with trust authentication.
+Used by the test fixture (tests/support/postgres.py) and by the benchmarks (bench/, through
+hack/loader.py). Plain stdlib, importable by path. The server runs as a non-root user: the
+current user, or, when running as root, the `postgres` system user the Debian package
+creates (or `$KUBEMETER_PG_USER`). It listens on 127.0.0.1 on a free port and on a unix
+socket in the temporary directory, with trust authentication.
 
     python hack/pgtmp.py            # start one, print its URL, stop it on Ctrl-C
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +174,20 @@ def start(*, durable: bool = False, base_dir: str | None = None) -> PgServer:
             time.sleep(0.1)
     server.stop()
     raise PostgresUnavailableError("PostgreSQL did not start listening within 30 s")
+
+
+@contextlib.contextmanager
+def url_or_start(url: str | None, *, durable: bool = False) -> Iterator[str]:
+    """`url` when one is given (nothing is started); otherwise the URL of a throwaway server
+    started here and stopped when the block ends."""
+    if url:
+        yield url
+        return
+    server = start(durable=durable)
+    try:
+        yield server.url()
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":  # pragma: no cover
