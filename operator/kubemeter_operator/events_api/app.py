@@ -6,7 +6,9 @@
 
 Every error is a JSON object `{"status": 400, "error": "events[3].promptTokens: ...",
 "field": "events[3].promptTokens", "details": [...]}`. A rejected batch writes nothing (the
-ledger records a batch all-or-nothing, and every check here runs before it is called).
+ledger records a batch all-or-nothing, and every check here runs before it is called). Usage
+timestamped more than `max_future` ahead of the API's clock, or more than `max_backdate`
+behind it, is refused with 422 naming the field (`events[3].timestamp`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,12 @@ from kubemeter_operator.billing import statements as billing_statements
 from kubemeter_operator.errors import ConflictError, InputError, TransientError
 from kubemeter_operator.events_api.auth import TokenStore, bearer_token
 from kubemeter_operator.events_api.ports import EventLedger, TenantsProvider
-from kubemeter_operator.events_api.validation import ApiError, parse_batch, parse_json
+from kubemeter_operator.events_api.validation import (
+    ApiError,
+    check_times,
+    parse_batch,
+    parse_json,
+)
 from kubemeter_operator.usage.periods import Period
 
 log = logging.getLogger(__name__)
@@ -172,6 +179,12 @@ async def post_events(request: web.Request) -> web.Response:
     body = await _read_body(request, state.config.max_body_bytes)
     document = parse_json(body)
     records = parse_batch(document, tenant=tenant, max_events=state.config.max_events)
+    check_times(
+        records,
+        now=state.clock(),
+        max_future=state.config.max_future,
+        max_backdate=state.config.max_backdate,
+    )
     if not records:
         return _json(202, {"accepted": 0, "duplicates": 0})
     try:

@@ -1,13 +1,20 @@
 """Parsing and checking an events batch. Pure: bytes in, records or an `ApiError` out.
 
 Order of checks (the first that fails decides the response):
-1. the body is JSON (400 `body`);
+1. the body is JSON (400 `body`); integers of more than `MAX_INT_DIGITS` digits are never
+   converted, so the field holding one refuses it in step 5;
 2. it is a list of records or `{"events": [...]}` (400 `events`);
 3. at most `max_events` records (413);
 4. no record names another tenant (403 `events[i].tenant`);
 5. every record is valid and has an `id` (400 naming each bad field, e.g.
-   `events[3].promptTokens`);
-6. an id used twice in the batch carries the same payload both times (409 naming the id).
+   `events[3].promptTokens`), within the input bounds of `api.usage` (counts, years, digits);
+6. an id used twice in the batch carries the same canonical payload both times (409 naming
+   the id);
+7. every instant lies within the API's clock window, `check_times` (422 naming the field,
+   e.g. `events[3].timestamp`): not more than `max_future` ahead, not more than
+   `max_backdate` behind.
+
+Nothing here writes: a batch refused at any step leaves the ledger untouched.
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from kubemeter_operator.api.errors import validation_issues
-from kubemeter_operator.api.usage import USAGE_LIST, UsageRecord
+from kubemeter_operator.api.usage import INPUT, USAGE_LIST, GpuUsage, UsageRecord, bounded_int
+from kubemeter_operator.usage.canonical import instant, record_json
 
 PREFIX = "events"
 _INDEX_RE = re.compile(r"^events\[([0-9]+)\]")
@@ -64,7 +73,7 @@ def _reject_constant(name: str) -> NoReturn:
 
 def parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        return json.loads(body, parse_constant=_reject_constant, parse_int=bounded_int)
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"body: not UTF-8 ({exc.reason})", field="body") from exc
     except json.JSONDecodeError as exc:
@@ -104,10 +113,6 @@ def _index_of(path: str) -> int:
     return int(m.group(1)) if m else -1
 
 
-def _canonical(raw: Any) -> str:
-    return json.dumps(raw, sort_keys=True, separators=(",", ":"))
-
-
 def parse_batch(document: Any, *, tenant: str, max_events: int) -> list[UsageRecord]:
     """Validate a batch for `tenant`; records come back with `tenant` set to it.
 
@@ -139,20 +144,68 @@ def parse_batch(document: Any, *, tenant: str, max_events: int) -> list[UsageRec
     ]
     records: list[UsageRecord] = []
     try:
-        records = USAGE_LIST.validate_python(items)
+        records = USAGE_LIST.validate_python(items, context=INPUT)
     except ValidationError as exc:
         issues.extend(validation_issues(exc, PREFIX, data=items))
     if issues:
         issues.sort(key=lambda issue: _index_of(issue[0]))
-        path, problem = issues[0]
-        raise ApiError(
-            400,
-            f"{path}: {problem}" if path else problem,
-            field=path,
-            details=[{"field": p, "problem": m} for p, m in issues[:MAX_REPORTED_ISSUES]],
-        )
+        raise _issues_error(400, issues)
     _check_batch_ids(records)
     return records
+
+
+def _issues_error(status: int, issues: Sequence[tuple[str, str]]) -> ApiError:
+    """The error naming the first issue; every issue (up to a limit) in `details`."""
+    path, problem = issues[0]
+    return ApiError(
+        status,
+        f"{path}: {problem}" if path else problem,
+        field=path,
+        details=[{"field": p, "problem": m} for p, m in issues[:MAX_REPORTED_ISSUES]],
+    )
+
+
+def _instants(record: UsageRecord) -> tuple[tuple[str, datetime], ...]:
+    if isinstance(record, GpuUsage):
+        return (("windowStart", record.window_start), ("windowEnd", record.window_end))
+    return (("timestamp", record.timestamp),)
+
+
+def duration_text(span: timedelta) -> str:
+    """`timedelta(minutes=5)` -> "5 minutes", `timedelta(days=1)` -> "1 day"."""
+    seconds = span // timedelta(seconds=1)
+    if span != timedelta(seconds=seconds) or seconds <= 0:
+        return str(span)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} second{'' if seconds == 1 else 's'}"
+
+
+def check_times(
+    records: Sequence[UsageRecord],
+    *,
+    now: datetime,
+    max_future: timedelta,
+    max_backdate: timedelta,
+) -> None:
+    """Refuse (422) a batch with an instant more than `max_future` after `now` or more than
+    `max_backdate` before it; the limits themselves are allowed. A GPU window is checked at
+    both ends. The error names the first bad field, `details` all of them."""
+    latest, earliest = now + max_future, now - max_backdate
+    issues: list[tuple[str, str]] = []
+    for i, record in enumerate(records):
+        for name, at in _instants(record):
+            if at > latest:
+                problem = f"is more than {duration_text(max_future)} in the future"
+            elif at < earliest:
+                problem = f"is older than the backdating limit of {duration_text(max_backdate)}"
+            else:
+                continue
+            issues.append((f"{PREFIX}[{i}].{name}", f"{instant(at)} {problem}"))
+    if issues:
+        raise _issues_error(422, issues)
 
 
 def _check_batch_ids(records: Sequence[UsageRecord]) -> None:
@@ -166,7 +219,7 @@ def _check_batch_ids(records: Sequence[UsageRecord]) -> None:
     seen: dict[str, tuple[int, str]] = {}
     for i, record in enumerate(records):
         assert record.id is not None  # checked above
-        payload = _canonical(record.model_dump(mode="json"))
+        payload = record_json(record)
         first = seen.setdefault(record.id, (i, payload))
         if first[1] != payload:
             raise ApiError(

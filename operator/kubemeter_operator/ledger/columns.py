@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import DateTime, Dialect, Numeric, String
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from kubemeter_operator.usage.canonical import plain as plain
+
 SCALE = 12
 """Fractional digits kept for money and decimal quantities (Numeric(38, 12))."""
 PRECISION = 38
@@ -17,18 +19,6 @@ _MAX_ABS = Decimal(10) ** (PRECISION - SCALE)
 
 WIDE = Context(prec=80)
 """Arithmetic context for ledger sums: wider than any stored value, so never rounds."""
-
-
-def plain(value: Decimal) -> str:
-    """Plain notation without trailing fractional zeros: Decimal("10.50") -> "10.5".
-
-    Pure text manipulation (no context rounding, unlike Decimal.normalize())."""
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    if text in ("-0", ""):
-        text = "0"
-    return text
 
 
 def exact_problem(value: Decimal) -> str | None:

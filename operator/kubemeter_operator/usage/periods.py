@@ -1,4 +1,10 @@
-"""Billing periods (calendar months, UTC) and exact splitting of usage across them."""
+"""Billing periods (calendar months, UTC) and exact splitting of usage across them.
+
+A period is parsed (`Period.parse`) or found (`Period.of`) only in the years
+`FIRST_YEAR`..`LAST_YEAR` (1970..9998), the years a usage instant may have: so every period
+kubemeter bills has a representable start and end. Anything else is a `PeriodError` (a
+`ValueError` whose `problem` a caller can put after its own field name, e.g. `--period`).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,25 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
-from kubemeter_operator.api.usage import GpuUsage, UsageRecord
+from kubemeter_operator.api.usage import FIRST_YEAR, LAST_YEAR, GpuUsage, UsageRecord
 
 _PERIOD_RE = re.compile(r"^([0-9]{4})-(0[1-9]|1[0-2])$")
 _MS = timedelta(milliseconds=1)
+
+
+class PeriodError(ValueError):
+    """A text that is no billable period, or an instant outside the billable years.
+
+    `problem` is the message without a field name; `str()` names the field `period`."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"period: {problem}")
+
+
+_YEARS = f"the years {FIRST_YEAR}..{LAST_YEAR}"
+_FIRST = datetime(FIRST_YEAR, 1, 1, tzinfo=UTC)
+_END = datetime(LAST_YEAR + 1, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, order=True)
@@ -21,15 +42,22 @@ class Period:
 
     @classmethod
     def parse(cls, text: str) -> Period:
+        """`YYYY-MM` in the years FIRST_YEAR..LAST_YEAR; else a `PeriodError`."""
         match = _PERIOD_RE.match(text)
         if not match:
-            raise ValueError(f"period: {text!r} is not of the form YYYY-MM")
-        return cls(int(match.group(1)), int(match.group(2)))
+            raise PeriodError(f"{text!r} is not of the form YYYY-MM")
+        year = int(match.group(1))
+        if not FIRST_YEAR <= year <= LAST_YEAR:
+            raise PeriodError(f"{text!r} is outside {_YEARS}")
+        return cls(year, int(match.group(2)))
 
     @classmethod
     def of(cls, instant: datetime) -> Period:
+        """The period holding an aware instant of the years FIRST_YEAR..LAST_YEAR (UTC)."""
         if instant.tzinfo is None:
             raise ValueError("timestamps must carry a time zone")
+        if not _FIRST <= instant < _END:  # aware comparison: never overflows
+            raise PeriodError(f"{instant.isoformat()} is outside {_YEARS} (UTC)")
         utc = instant.astimezone(UTC)
         return cls(utc.year, utc.month)
 
