@@ -35,5 +35,13 @@ class TransientError(KubemeterError):
     """A failure that may go away by itself (network, database briefly down): retry."""
 
 
+class PrometheusUnavailableError(TransientError):
+    """Prometheus could not be queried (unreachable, overloaded, a bad gateway)."""
+
+
+class LedgerUnavailableError(TransientError):
+    """The ledger's database could not be reached or was busy."""
+
+
 class PermanentError(KubemeterError):
     """A failure that will not go away without a change: surface it in status and Events."""

@@ -211,6 +211,8 @@ class BudgetStatus(ApiModel):
 class WalletStatus(ApiModel):
     balance: Dec
     low: bool = False
+    shortfall: Dec = Decimal(0)
+    """Charges the balance could not cover (outstanding until a top-up pays them)."""
 
 
 class Forecast(ApiModel):
@@ -227,6 +229,23 @@ class SuspendedWorkload(ApiModel):
     replicas: int | None = Field(default=None, ge=0)
     """Replicas before the scale-down (Deployments and StatefulSets)."""
     suspended_at: AwareDatetime | None = None
+
+
+class PeriodState(StrEnum):
+    CLOSING = "Closing"
+    """The period has ended; its invoice is finalised once metering has covered its end
+    plus the grace for late events."""
+    FINAL = "Final"
+
+
+class PeriodSummary(ApiModel):
+    """The previous period, while it closes and once it is final."""
+
+    period: str = Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+    state: PeriodState
+    currency: str = Field(max_length=3)
+    total: SignedDec
+    """The running total while closing; the invoice total once final."""
 
 
 class TenantSummary(ApiModel):
@@ -247,9 +266,12 @@ class TenantStatus(ApiModel):
     platform_fee: Dec | None = None
     subtotal: Dec | None = None
     discount: Dec | None = None
-    total: Dec | None = None
+    adjustments: SignedDec | None = None
+    """Late usage of earlier, finalised periods billed this period (see the statement)."""
+    total: SignedDec | None = None
     cost: Dec | None = None
     margin: SignedDec | None = None
+    previous_period: PeriodSummary | None = None
     budget: BudgetStatus | None = None
     wallet: WalletStatus | None = None
     forecast: Forecast | None = None

@@ -3,9 +3,15 @@ period, and the record the ledger stores when a period is finalised.
 
     statement, final = billing.statements.statement(ledger, "acme", Period.parse("2026-11"))
 
-A running statement rates the period's rollup totals with the terms (price plan and
-discount) the ledger recorded for that period. A final statement is the body the ledger
+A running statement rates the period's own usage with the terms (price plan and discount)
+the ledger recorded for that period, plus an adjustment for each earlier, finalised period
+whose late usage is booked into it, rated at that period's terms
+(`rating.adjustments.late_usage_adjustment`). A final statement is the body the ledger
 stored at close, parsed back; it never changes.
+
+Terms rule: the terms recorded last for an open period apply to the whole period (a plan or
+discount edit mid-period reprices the whole open period); the terms in force at close are
+frozen with the final statement and never change.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Protocol
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import StatementLineRecord, StatementRecord, Terms
 from kubemeter_operator.rating import rate
+from kubemeter_operator.rating.adjustments import late_usage_adjustment, with_adjustments
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.usage import Period, UsageTotals
 
@@ -28,6 +35,10 @@ class StatementLedger(Protocol):
     def period_totals(self, tenant: str, period: Period) -> UsageTotals: ...
 
     def get_statement(self, tenant: str, period: Period) -> str | None: ...
+
+    def late_totals(self, tenant: str, period: Period) -> dict[Period, UsageTotals]: ...
+
+    def booked_before(self, tenant: str, period: Period, before: Period) -> UsageTotals: ...
 
 
 def terms_of(ledger: StatementLedger, tenant: str, period: Period) -> Terms:
@@ -42,10 +53,21 @@ def terms_of(ledger: StatementLedger, tenant: str, period: Period) -> Terms:
 
 
 def running_statement(ledger: StatementLedger, tenant: str, period: Period) -> Statement:
-    """Rate the period's rollup totals with the tenant's recorded terms (InputError: none)."""
+    """Rate the period's usage with the tenant's recorded terms (InputError: none), with
+    the adjustments of the late usage booked into it."""
     terms = terms_of(ledger, tenant, period)
     totals = ledger.period_totals(tenant, period)
-    return rate(terms.plan, totals, period=period, discount_percent=terms.discount_percent)
+    base = rate(terms.plan, totals, period=period, discount_percent=terms.discount_percent)
+    adjustments = []
+    for old, late in sorted(ledger.late_totals(tenant, period).items()):
+        old_terms = ledger.get_terms(tenant, old) or terms
+        prior = ledger.booked_before(tenant, old, period)
+        adjustments.append(
+            late_usage_adjustment(
+                old_terms.plan, old_terms.discount_percent, old, prior=prior, late=late
+            )
+        )
+    return with_adjustments(base, adjustments)
 
 
 def final_statement(ledger: StatementLedger, tenant: str, period: Period) -> Statement | None:
@@ -68,6 +90,16 @@ def to_record(stmt: Statement) -> StatementRecord:
              for line in stmt.lines]  # fmt: skip
     lines.append(StatementLineRecord("platformFee", None, None, stmt.platform_fee))
     lines.append(StatementLineRecord("discount", None, stmt.discount_percent, -stmt.discount))
+    lines.extend(
+        StatementLineRecord(f"late:{adj.period}", line.meter, line.quantity, line.amount)
+        for adj in stmt.adjustments
+        for line in adj.lines
+    )
+    lines.extend(
+        StatementLineRecord(f"lateDisc:{adj.period}", None, None, -adj.discount)
+        for adj in stmt.adjustments
+        if adj.discount
+    )
     body = json.dumps(json.loads(stmt.to_json(indent=None)), sort_keys=True)
     return StatementRecord(stmt.currency, stmt.total, body, tuple(lines))
 

@@ -6,7 +6,8 @@ Prints the finalised statement if the period is closed, else the running stateme
 period's usage so far rated with the tenant's recorded terms), marked as such. The ledger is
 --db, else $KUBEMETER_DB, else sqlite:///kubemeter-ledger.db in the current directory
 (a file path or a SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB).
-CSV has one row per line item (meters, platform fee, discount, total).
+CSV has one row per line item (meters, platform fee, discount, late usage of earlier periods
+as `lateUsage:YYYY-MM` rows, total).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.ledger.engine import resolve_url
 from kubemeter_operator.rating.statement import Statement
-from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.periods import Period, PeriodError
 
 
 def register(subparsers: Any) -> None:
@@ -43,10 +44,11 @@ def register(subparsers: Any) -> None:
 
 
 def parse_period(text: str, flag: str = "--period") -> Period:
+    """A YYYY-MM flag in the billable years; else an InputError naming `flag`."""
     try:
         return Period.parse(text)
-    except ValueError:
-        raise InputError(flag, f"{text!r} is not of the form YYYY-MM") from None
+    except PeriodError as exc:
+        raise InputError(flag, exc.problem) from None
 
 
 def render_csv(statement: Statement, tenant: str, final: bool) -> str:
@@ -65,6 +67,13 @@ def render_csv(statement: Statement, tenant: str, final: bool) -> str:
     w.writerow([*head, "subtotal", "", "", "", "", "", "", format_decimal(statement.subtotal)])
     w.writerow([*head, "discount", "", "", format_decimal(statement.discount_percent), "", "",
                 "", "-" + format_decimal(statement.discount)])  # fmt: skip
+    for adj in statement.adjustments:
+        late = [*head[:3], adj.currency, f"lateUsage:{adj.period}"]
+        for part in adj.lines:
+            w.writerow([*late, part.meter, "", format_decimal(part.quantity), "", "", "",
+                        format_decimal(part.amount)])  # fmt: skip
+        if adj.discount:
+            w.writerow([*late, "", "", "", "", "", "", "-" + format_decimal(adj.discount)])
     w.writerow([*head, "total", "", "", "", "", "", "", format_decimal(statement.total)])
     return out.getvalue().rstrip("\n")
 

@@ -8,8 +8,10 @@ tenant contributes its discount. USAGE.json is a JSON list of usage records. The
 period is the one holding the latest usage instant (a GPU window's last millisecond, an
 event's timestamp), or the current UTC month when the file has no records. Usage outside the
 period is ignored (a GPU window straddling the boundary counts its share). With --tenant,
-records whose `tenant` names another tenant are ignored. Bad input exits with status 2 and a
-message naming the field.
+records whose `tenant` names another tenant are ignored. Event ids count as the ledger counts
+them (unique per tenant): a record repeating an earlier record's id with the same payload is
+counted once; the same id with a different payload is an error. Bad input exits with status
+2 and a message naming the field.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from kubemeter_operator.api.usage import GpuUsage, UsageRecord
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.rating import Statement, rate
 from kubemeter_operator.usage import Period, accumulate
+from kubemeter_operator.usage.canonical import record_json
+from kubemeter_operator.usage.periods import PeriodError
 
 _MS = timedelta(milliseconds=1)
 
@@ -63,6 +67,29 @@ def default_period(records: list[UsageRecord], now: datetime | None = None) -> P
     return Period.of(max(last_instant(r) for r in records))
 
 
+def unique_events(records: list[UsageRecord], prefix: str = "usage") -> list[UsageRecord]:
+    """The records with replays dropped: an event id seen before (for the same tenant) with
+    the same canonical payload counts once, with another payload it is an `InputError`
+    naming both indexes. Records without an id are all kept."""
+    first: dict[tuple[str | None, str], tuple[int, str]] = {}
+    out: list[UsageRecord] = []
+    for i, record in enumerate(records):
+        if record.id is None:
+            out.append(record)
+            continue
+        payload = record_json(record)
+        seen = first.setdefault((record.tenant, record.id), (i, payload))
+        if seen[0] == i:
+            out.append(record)
+        elif seen[1] != payload:
+            raise InputError(
+                f"{prefix}[{i}].id",
+                f"event id {record.id!r} is used twice ({prefix}[{seen[0]}] and {prefix}[{i}]) "
+                "with different payloads",
+            )
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     plan = load_priceplan(args.plan)
     tenant = load_tenant(args.tenant) if args.tenant else None
@@ -77,13 +104,17 @@ def run(args: argparse.Namespace) -> int:
                 f"quoting with {plan.name!r}",
                 file=sys.stderr,
             )
-        if tenant.name:
-            records = [r for r in records if r.tenant in (None, tenant.name)]
+        if tenant.name:  # a record without a tenant is the quoted tenant's, as in the API
+            update = {"tenant": tenant.name}
+            records = [r.model_copy(update=update) if r.tenant is None else r for r in records]
+    records = unique_events(records)
+    if tenant is not None and tenant.name:
+        records = [r for r in records if r.tenant == tenant.name]
     if args.period:
         try:
             period = Period.parse(args.period)
-        except ValueError:
-            raise InputError("--period", f"{args.period!r} is not of the form YYYY-MM") from None
+        except PeriodError as exc:
+            raise InputError("--period", exc.problem) from None
     else:
         period = default_period(records)
     totals = accumulate(records, period)
@@ -149,6 +180,16 @@ def render_table(statement: Statement, *, plan: str = "", tenant: str | None = N
     def total(label: str, value: str) -> str:
         return f"{label}{value.rjust(width - len(label))}"
 
+    adjustments: list[str] = []
+    for adj in statement.adjustments:
+        other = "" if adj.currency == cur else f" (in {adj.currency}: billed separately)"
+        adjustments.append(total(f"{adj.description}{other}", format_decimal(adj.amount)))
+        for part in adj.lines:
+            adjustments.append(
+                total(f"  {part.meter} +{_short(part.quantity)}", format_decimal(part.amount))
+            )
+        if adj.discount:
+            adjustments.append(total("  discount", "-" + format_decimal(adj.discount)))
     out += [
         total("platform fee", format_decimal(statement.platform_fee)),
         total("subtotal", format_decimal(statement.subtotal)),
@@ -156,6 +197,7 @@ def render_table(statement: Statement, *, plan: str = "", tenant: str | None = N
             f"discount ({format_decimal(statement.discount_percent)} %)",
             "-" + format_decimal(statement.discount),
         ),
+        *adjustments,
         total(f"total {cur}", format_decimal(statement.total)),
         total("cost", format_decimal(statement.cost)),
         total("margin", format_decimal(statement.margin)),

@@ -5,7 +5,8 @@
 
 Usage revenue is recognised on the day it was consumed (each statement line allocated over
 the days in proportion to that day's metered quantity), the platform fee evenly over the
-period's days, the discount in proportion to each day's revenue before discount; all in
+period's days, the discount in proportion to each day's revenue before discount, late
+usage of earlier periods (adjustments) evenly over the days of the period billing it; all in
 whole minor units with largest-remainder rounding, so a period's days sum exactly to its
 statement total. Closed periods use their finalised statement, open ones the running
 statement. Both dates are inclusive. The ledger is --db, else $KUBEMETER_DB, else
@@ -23,6 +24,7 @@ from datetime import date
 from typing import Any
 
 from kubemeter_operator.api.types import format_decimal
+from kubemeter_operator.api.usage import FIRST_YEAR, LAST_YEAR
 from kubemeter_operator.billing import statements as billing_statements
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
@@ -31,7 +33,7 @@ from kubemeter_operator.rating.revenue import recognise
 from kubemeter_operator.usage.periods import Period
 
 COLUMNS = ("date", "tenant", "period", "status", "currency", "usage", "platformFee",
-           "discount", "revenue")  # fmt: skip
+           "discount", "adjustments", "revenue")  # fmt: skip
 
 
 def register(subparsers: Any) -> None:
@@ -50,10 +52,14 @@ def register(subparsers: Any) -> None:
 
 
 def _day(text: str, flag: str) -> date:
+    """A YYYY-MM-DD flag in the billable years; else an InputError naming `flag`."""
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         raise InputError(flag, f"{text!r} is not a date of the form YYYY-MM-DD") from None
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise InputError(flag, f"{text!r} is outside the years {FIRST_YEAR}..{LAST_YEAR}")
+    return day
 
 
 def revenue_rows(
@@ -84,6 +90,7 @@ def revenue_rows(
                         "usage": format_decimal(day.usage),
                         "platformFee": format_decimal(day.platform_fee),
                         "discount": format_decimal(day.discount),
+                        "adjustments": format_decimal(day.adjustments),
                         "revenue": format_decimal(day.revenue),
                     })  # fmt: skip
         period = period.next()

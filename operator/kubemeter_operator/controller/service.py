@@ -1,8 +1,8 @@
 """The operator process: what the kopf handlers feed and what runs beside them.
 
 `OperatorService` keeps the current Tenants, PricePlans and pods (fed by watch events from
-`handlers`), runs the metering loop and the events API on kopf's event loop, and after each
-metering cycle has `TenantReconciler` write every Tenant's status.
+`handlers`), and runs the operator cycle (`controller.cycle`: meter -> bill -> status) and
+the events API on kopf's event loop.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import kubernetes
@@ -22,8 +22,10 @@ from pydantic import ValidationError
 from kubemeter_operator.api.errors import format_validation_error
 from kubemeter_operator.api.priceplan import PricePlan, PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
+from kubemeter_operator.billing.biller import Biller
 from kubemeter_operator.config import OperatorConfig
-from kubemeter_operator.controller.reconcile import CycleFacts, TenantReconciler
+from kubemeter_operator.controller.cycle import OperatorCycle
+from kubemeter_operator.controller.reconcile import TenantReconciler
 from kubemeter_operator.events_api.app import EventsApiConfig, create_app
 from kubemeter_operator.events_api.k8s_tokens import (
     KubernetesTokenStore,
@@ -32,7 +34,7 @@ from kubemeter_operator.events_api.k8s_tokens import (
 from kubemeter_operator.events_api.server import serve
 from kubemeter_operator.kube.client import KubeWriter, list_world, load_api_client
 from kubemeter_operator.ledger import Ledger
-from kubemeter_operator.metering.cycle import CycleResult, MeteringConfig, MeteringCycle
+from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodRegistry
@@ -53,8 +55,10 @@ class OperatorService:
         self.pods = PodRegistry()
         self.ledger: Ledger | None = None
         self.loop: MeteringLoop | None = None
+        self.cycle: OperatorCycle | None = None
         self.writer: KubeWriter | None = None
         self.reconciler: TenantReconciler | None = None
+        self.biller: Biller | None = None
         self.token_store: KubernetesTokenStore | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
@@ -69,6 +73,8 @@ class OperatorService:
             self.tenants.pop(name, None)
             if self.reconciler is not None:
                 self.reconciler.forget(name)
+            if self.biller is not None:
+                self.biller.forget(name)
         else:
             try:
                 self.tenants[name] = Tenant.model_validate(dict(body))
@@ -117,10 +123,12 @@ class OperatorService:
             metrics=MeteringMetrics(),
         )
         await self._seed(api_client)
-        self.loop = MeteringLoop(
-            cycle, self._inputs, on_cycle=self._after_cycle, on_error=self._after_error
+        self.loop = MeteringLoop(cycle, self._inputs)
+        self.biller = Biller(self.ledger, grace=timedelta(seconds=cfg.period_grace_s))
+        self.cycle = OperatorCycle(
+            self.loop, self.biller, self.reconciler, lambda: (dict(self.tenants), dict(self.plans))
         )
-        self._tasks.append(asyncio.create_task(self.loop.run(), name="metering-loop"))
+        self._tasks.append(asyncio.create_task(self.cycle.run(), name="operator-cycle"))
         if cfg.metrics_port:
             prometheus_client.start_http_server(cfg.metrics_port)
         listen = cfg.events_host_port
@@ -159,8 +167,8 @@ class OperatorService:
         )
 
     async def stop(self) -> None:
-        if self.loop is not None:
-            self.loop.stop()
+        if self.cycle is not None:
+            self.cycle.stop()
         if self._pod_watch is not None:
             await asyncio.to_thread(self._pod_watch.stop)
         if self._runner is not None:
@@ -172,24 +180,3 @@ class OperatorService:
                 await task
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.close)
-
-    # -- after each cycle ----------------------------------------------------------------
-
-    def _facts(self) -> CycleFacts:
-        assert self.loop is not None
-        return CycleFacts(
-            now=datetime.now(UTC),
-            metered_until=self.loop.last_success,
-            degraded=dict(self.loop.degraded),
-        )
-
-    async def _after_cycle(self, result: CycleResult) -> None:
-        if self.reconciler is None or result.behind:
-            return
-        await self.reconciler.reconcile_all(dict(self.tenants), dict(self.plans), self._facts())
-
-    async def _after_error(self, exc: Exception) -> None:
-        # Still write status: MeteringDegraded shows the failure on every Tenant.
-        if self.reconciler is None:
-            return
-        await self.reconciler.reconcile_all(dict(self.tenants), dict(self.plans), self._facts())

@@ -25,17 +25,24 @@ from kubemeter_operator.api.usage import UsageRecord
 from kubemeter_operator.ledger import migrations, queries, statements, usage, wallets
 from kubemeter_operator.ledger.dberrors import wrapped
 from kubemeter_operator.ledger.engine import DEFAULT_URL, READONLY, make_engine
-from kubemeter_operator.ledger.statements import StatementLineRecord, StatementRecord, Terms
+from kubemeter_operator.ledger.statements import (
+    Finalised,
+    StatementLineRecord,
+    StatementRecord,
+    Terms,
+)
 from kubemeter_operator.ledger.usage import RecordResult, UsageWindow
-from kubemeter_operator.ledger.wallets import BurnResult, WalletBalance
+from kubemeter_operator.ledger.wallets import Settlement, WalletBalance
 from kubemeter_operator.usage.periods import Period
 from kubemeter_operator.usage.totals import UsageTotals
 
 __all__ = [
     "DEFAULT_URL",
-    "BurnResult",
+    "Finalised",
     "Ledger",
+    "LedgerTx",
     "RecordResult",
+    "Settlement",
     "StatementLineRecord",
     "StatementRecord",
     "Terms",
@@ -44,6 +51,47 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class LedgerTx:
+    """The ledger's store operations inside one open transaction (`Ledger.transaction`):
+    what the billing layer needs to read, rate and write a period close atomically."""
+
+    def __init__(self, conn: Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+
+    def lock_billing_state(self, tenant: str) -> Period | None:
+        return statements.lock_billing_state(self.conn, tenant)
+
+    def set_closed_through(self, tenant: str, period: Period) -> None:
+        statements.set_closed_through(self.conn, tenant, period, self.now)
+
+    def get_terms(self, tenant: str, period: Period) -> Terms | None:
+        return statements.get_terms(self.conn, tenant, period)
+
+    def period_totals(self, tenant: str, period: Period) -> UsageTotals:
+        return queries.period_totals(self.conn, tenant, period)
+
+    def late_totals(self, tenant: str, period: Period) -> dict[Period, UsageTotals]:
+        return queries.late_totals(self.conn, tenant, period)
+
+    def booked_before(self, tenant: str, period: Period, before: Period) -> UsageTotals:
+        return queries.booked_before(self.conn, tenant, period, before)
+
+    def get_statement(self, tenant: str, period: Period) -> str | None:
+        return statements.get(self.conn, tenant, period)
+
+    def finalize_statement(self, tenant: str, period: Period, record: StatementRecord) -> bool:
+        return statements.finalize(self.conn, tenant, period, record, self.now)
+
+    def wallet(self, tenant: str) -> WalletBalance:
+        return wallets.get_balance(self.conn, tenant)
+
+    def settle(
+        self, tenant: str, period: Period, due: Decimal, currency: str, *, final: bool = False
+    ) -> Settlement:
+        return wallets.settle(self.conn, tenant, str(period), due, currency, self.now, final=final)
 
 
 class Ledger:
@@ -81,6 +129,13 @@ class Ledger:
 
     def schema_version(self) -> int:
         return self._read("schema version", migrations.current_version)
+
+    @contextmanager
+    def transaction(self, what: str) -> Iterator[LedgerTx]:
+        """One write transaction (SQLite: BEGIN IMMEDIATE) for a unit of work made of store
+        operations; it commits when the block ends and rolls back whole if it raises."""
+        with self._write_tx(what) as conn:
+            yield LedgerTx(conn, self._clock())
 
     @contextmanager
     def _write_tx(self, what: str) -> Iterator[Connection]:
@@ -141,6 +196,16 @@ class Ledger:
             "daily totals", lambda c: queries.daily_totals(c, tenant, from_day, to_day)
         )
 
+    def late_totals(self, tenant: str, period: Period) -> dict[Period, UsageTotals]:
+        """Late usage booked into `period`, per the finalised period it belongs to."""
+        return self._read("late totals", lambda c: queries.late_totals(c, tenant, period))
+
+    def booked_before(self, tenant: str, period: Period, before: Period) -> UsageTotals:
+        """Usage of `period` booked in periods before `before`."""
+        return self._read(
+            "booked totals", lambda c: queries.booked_before(c, tenant, period, before)
+        )
+
     def window_records(self, tenant: str, period: Period) -> list[UsageRecord]:
         """Usage records of the metering windows of `tenant` that start in `period`."""
         return self._read("window records", lambda c: queries.window_records(c, tenant, period))
@@ -171,6 +236,27 @@ class Ledger:
     def get_terms(self, tenant: str, period: Period) -> Terms | None:
         return self._read("get terms", lambda c: statements.get_terms(c, tenant, period))
 
+    def open_periods(self) -> list[tuple[str, Period]]:
+        """(tenant, period) with terms or usage booked and no final statement, in order."""
+
+        def run(conn: Connection) -> list[tuple[str, Period]]:
+            return statements.open_periods(conn, queries.periods_with_usage(conn))
+
+        return self._read("open periods", run)
+
+    def ensure_billing_state(self, tenant: str) -> None:
+        """Create the tenant's billing state row (needed before its first period close)."""
+        with self._write_tx("billing state") as conn:
+            statements.ensure_billing_state(conn, tenant, self._clock())
+
+    def unannounced(self) -> list[Finalised]:
+        """Finalised statements whose PeriodClosed Event was not marked posted yet."""
+        return self._read("unannounced statements", statements.unannounced)
+
+    def mark_announced(self, tenant: str, period: Period) -> None:
+        with self._write_tx("mark announced") as conn:
+            statements.mark_announced(conn, tenant, period, self._clock())
+
     def finalize_statement(self, tenant: str, period: Period, record: StatementRecord) -> bool:
         """Close the period with this statement. True if stored now, False if the same
         statement already was; a different one raises ConflictError."""
@@ -188,10 +274,19 @@ class Ledger:
         with self._write_tx("wallet topup") as conn:
             return wallets.topup(conn, tenant, amount, currency, key, self._clock())
 
-    def burn(self, tenant: str, amount: Decimal, key: str) -> BurnResult:
-        """Take from a prepaid balance (never below zero); idempotent by key."""
-        with self._write_tx("wallet burn") as conn:
-            return wallets.burn(conn, tenant, amount, key, self._clock())
+    def settle(
+        self, tenant: str, period: Period, due: Decimal, currency: str, *, final: bool = False
+    ) -> Settlement:
+        """Pay what `period` is due from the wallet, as far as the balance goes (see
+        `wallets.settle`): one transaction under the wallet row's lock."""
+        with self._write_tx("wallet settle") as conn:
+            return wallets.settle(
+                conn, tenant, str(period), due, currency, self._clock(), final=final
+            )
+
+    def settlements(self, tenant: str) -> list[Settlement]:
+        """Each period's due and paid amounts for `tenant`, oldest first."""
+        return self._read("wallet settlements", lambda c: wallets.settlements(c, tenant))
 
     def balance(self, tenant: str) -> Decimal:
         return self.wallet(tenant).balance

@@ -1,6 +1,8 @@
 """Ledger URL -> SQLAlchemy Engine, with the transaction discipline the ledger relies on.
 
-- SQLite (the embedded default): a file path or ``sqlite:///path``. WAL journal, foreign
+- SQLite (the embedded default): a file path or ``sqlite:///path``. WAL journal with
+  ``synchronous=FULL`` (every commit is fsynced before it returns: an acknowledged event or
+  top-up survives a power loss, not only a process crash), foreign
   keys on, ``busy_timeout``; pysqlite's own transaction handling is switched off and every
   transaction begins with ``BEGIN IMMEDIATE`` (the write lock up front, so read-modify-write
   sequences such as wallet burns serialise), except connections marked read-only
@@ -96,7 +98,7 @@ def _sqlite_engine(parsed: URL) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
         finally:
             cur.close()
         dbapi_conn.create_function("dec_add", 2, _dec_add, deterministic=True)

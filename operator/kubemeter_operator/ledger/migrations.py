@@ -11,8 +11,11 @@ Add a step: append a function to STEPS. Never edit or reorder a released step.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -31,16 +34,19 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from kubemeter_operator.errors import PermanentError
-from kubemeter_operator.ledger import rollup
 from kubemeter_operator.ledger.codec import parse_record
 from kubemeter_operator.ledger.columns import ExactDecimal, UtcTimestamp
 from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, schema_version
-from kubemeter_operator.usage.totals import Quantities
+from kubemeter_operator.usage.days import split_by_day
+from kubemeter_operator.usage.totals import Quantities, UsageKey, key_and_quantities
 
 _ADVISORY_LOCK_KEY = 0x6B6D6C6564676572  # "kmledger"
 _BACKFILL_CHUNK = 5000
+_PERIOD_RE = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 
 
 def _v1_initial(conn: Connection) -> None:
@@ -155,17 +161,46 @@ def _v2_rollups(conn: Connection) -> None:
     md.create_all(conn)
     for source in ("usage_event", "usage_window"):
         src = Table(source, MetaData(), Column("tenant", String), Column("payload", Text))
-        acc: dict[rollup.RollupKey, Quantities] = {}
+        acc: dict[_V2Key, Quantities] = {}
         result = conn.execute(
             select(src.c.tenant, src.c.payload),
             execution_options={"yield_per": _BACKFILL_CHUNK},
         )
         for tenant, payload in result:
-            rollup.add_record(acc, tenant, parse_record(payload))
+            for period, day, part in split_by_day(parse_record(payload)):
+                key, qty = key_and_quantities(part)
+                have = acc.setdefault((tenant, str(period), day, key), Quantities())
+                have.add(qty)
             if len(acc) >= _BACKFILL_CHUNK:
-                rollup.upsert(conn, acc, table)
+                _v2_upsert(conn, table, acc)
                 acc = {}
-        rollup.upsert(conn, acc, table)
+        _v2_upsert(conn, table, acc)
+
+
+_V2Key = tuple[str, str, date, UsageKey]
+
+
+def _v2_upsert(conn: Connection, table: Table, acc: dict[_V2Key, Quantities]) -> None:
+    """Add summed quantities to v2 rollup rows (frozen: the v2 table's columns)."""
+    if not acc:
+        return
+    rows = []
+    for (tenant, period, day, key), qty in sorted(acc.items()):
+        row: dict[str, object] = {"tenant": tenant, "period": period, "day": day,
+                                  "kind": key.kind, "model": key.model,
+                                  "mig_profile": key.mig_profile, "name": key.name,
+                                  "custom": qty.custom}  # fmt: skip
+        row.update({c: getattr(qty, c) for c in QUANTITY_COLUMNS})
+        rows.append(row)
+    ins: Any = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(table)
+    set_: dict[str, Any] = {c: table.c[c] + ins.excluded[c] for c in QUANTITY_COLUMNS}
+    set_["custom"] = (
+        table.c.custom + ins.excluded.custom
+        if conn.dialect.name == "postgresql"
+        else func.dec_add(table.c.custom, ins.excluded.custom)
+    )
+    keys = ["tenant", "period", "day", "kind", "model", "mig_profile", "name"]
+    conn.execute(ins.on_conflict_do_update(index_elements=keys, set_=set_), rows)
 
 
 def _v3_event_index(conn: Connection) -> None:
@@ -175,7 +210,156 @@ def _v3_event_index(conn: Connection) -> None:
     Index("ix_usage_event_tenant_at", table.c.tenant, table.c.at).create(conn)
 
 
-STEPS: list[Callable[[Connection], None]] = [_v1_initial, _v2_rollups, _v3_event_index]
+def _v4_billing_over_time(conn: Connection) -> None:
+    """Billing over time: rollups know the period that bills them (`booked`), tenants their
+    latest finalised period, statements whether PeriodClosed was announced, and wallets what
+    each period owes and has paid.
+
+    usage_rollup is rebuilt (its primary key gains `booked`; existing rows are booked in their
+    own period). billing_state is seeded from the finalised statements (and every tenant with
+    terms). Burns written by earlier versions (keys `burn/<tenant>/<period>/<total>`) become
+    per-period payments: paid = what they took, due = the highest total they paid toward.
+    """
+    md = MetaData()
+    Table("wallet", md, Column("tenant", String(253), primary_key=True))  # the FK target
+    rollup_v4 = Table(
+        "usage_rollup_v4",
+        md,
+        Column("tenant", String(253), primary_key=True),
+        Column("booked", String(7), primary_key=True),
+        Column("period", String(7), primary_key=True),
+        Column("day", Date, primary_key=True),
+        Column("kind", String(16), primary_key=True),
+        Column("model", String(200), primary_key=True),
+        Column("mig_profile", String(40), primary_key=True),
+        Column("name", String(100), primary_key=True),
+        *(Column(name, BigInteger, nullable=False) for name in QUANTITY_COLUMNS),
+        Column("custom", ExactDecimal, nullable=False),
+    )
+    state_v4 = Table(
+        "billing_state",
+        md,
+        Column("tenant", String(253), primary_key=True),
+        Column("closed_through", String(7), nullable=False),
+        Column("updated_at", UtcTimestamp, nullable=False),
+    )
+    wallet_period_v4 = Table(
+        "wallet_period",
+        md,
+        Column("tenant", String(253), primary_key=True),
+        Column("period", String(7), primary_key=True),
+        Column("currency", String(3), nullable=False),
+        Column("due", ExactDecimal, nullable=False),
+        Column("paid", ExactDecimal, nullable=False),
+        Column("updated_at", UtcTimestamp, nullable=False),
+        ForeignKeyConstraint(["tenant"], ["wallet.tenant"]),
+    )
+    md.create_all(conn, tables=[rollup_v4, state_v4, wallet_period_v4])  # not wallet
+    columns = ", ".join(("tenant", "period", "day", "kind", "model", "mig_profile", "name",
+                         *QUANTITY_COLUMNS, "custom"))  # fmt: skip
+    conn.execute(
+        text(
+            f"INSERT INTO usage_rollup_v4 (booked, {columns}) "
+            f"SELECT period, {columns} FROM usage_rollup"
+        )
+    )
+    conn.execute(text("DROP TABLE usage_rollup"))
+    conn.execute(text("ALTER TABLE usage_rollup_v4 RENAME TO usage_rollup"))
+    if conn.dialect.name == "postgresql":  # keep the constraint's conventional name
+        conn.execute(
+            text(
+                "ALTER TABLE usage_rollup RENAME CONSTRAINT usage_rollup_v4_pkey "
+                "TO usage_rollup_pkey"
+            )
+        )
+    renamed = Table("usage_rollup", MetaData(), Column("booked", String), Column("tenant", String),
+                    Column("day", Date))  # fmt: skip
+    Index("ix_usage_rollup_booked", renamed.c.booked, renamed.c.tenant).create(conn)
+    Index("ix_usage_rollup_day", renamed.c.day).create(conn)
+    now = datetime.now(UTC)
+    stmt_t = Table("statement", MetaData(), Column("tenant", String), Column("period", String))
+    terms_t = Table("tenant_terms", MetaData(), Column("tenant", String))
+    closed = dict(
+        conn.execute(
+            select(stmt_t.c.tenant, func.max(stmt_t.c.period)).group_by(stmt_t.c.tenant)
+        ).all()
+    )
+    for (tenant,) in conn.execute(select(terms_t.c.tenant).distinct()).all():
+        closed.setdefault(tenant, "")
+    state_t = Table(
+        "billing_state",
+        MetaData(),
+        Column("tenant", String),
+        Column("closed_through", String),
+        Column("updated_at", UtcTimestamp),
+    )
+    if closed:
+        conn.execute(
+            state_t.insert(),
+            [{"tenant": t, "closed_through": c, "updated_at": now} for t, c in closed.items()],
+        )
+    conn.execute(text("ALTER TABLE statement ADD COLUMN announced_at " + _ts_type(conn)))
+    conn.execute(text("UPDATE statement SET announced_at = finalized_at"))
+    conn.execute(text("ALTER TABLE wallet_entry ADD COLUMN period VARCHAR(7)"))
+    _v4_wallet_periods(conn, now)
+
+
+def _ts_type(conn: Connection) -> str:
+    return "TIMESTAMP WITH TIME ZONE" if conn.dialect.name == "postgresql" else "VARCHAR(32)"
+
+
+def _v4_wallet_periods(conn: Connection, now: datetime) -> None:
+    entry = Table("wallet_entry", MetaData(), Column("tenant", String), Column("key", String),
+                  Column("kind", String), Column("taken", ExactDecimal),
+                  Column("period", String))  # fmt: skip
+    wallet = Table("wallet", MetaData(), Column("tenant", String), Column("currency", String))
+    period_t = Table("wallet_period", MetaData(), Column("tenant", String),
+                     Column("period", String), Column("currency", String),
+                     Column("due", ExactDecimal), Column("paid", ExactDecimal),
+                     Column("updated_at", UtcTimestamp))  # fmt: skip
+    currencies = dict(conn.execute(select(wallet.c.tenant, wallet.c.currency)).all())
+    sums: dict[tuple[str, str], list[Decimal]] = {}
+    rows = conn.execute(
+        select(entry.c.tenant, entry.c.key, entry.c.taken).where(entry.c.kind == "burn")
+    ).all()
+    for tenant, key, taken in rows:
+        parts = str(key).split("/")
+        if len(parts) != 4 or parts[0] != "burn" or not _PERIOD_RE.match(parts[2]):
+            continue
+        try:
+            total = Decimal(parts[3])
+        except ArithmeticError:
+            continue
+        acc = sums.setdefault((tenant, parts[2]), [Decimal(0), Decimal(0)])
+        acc[0] = max(acc[0], total)
+        acc[1] += taken
+        conn.execute(
+            entry.update()
+            .where(entry.c.tenant == tenant, entry.c.key == key)
+            .values(period=parts[2])
+        )
+    for (tenant, period), (due, paid) in sorted(sums.items()):
+        currency = currencies.get(tenant)
+        if currency is None:
+            continue
+        conn.execute(
+            period_t.insert().values(
+                tenant=tenant,
+                period=period,
+                currency=currency,
+                due=max(due, paid),
+                paid=paid,
+                updated_at=now,
+            )
+        )
+
+
+STEPS: list[Callable[[Connection], None]] = [
+    _v1_initial,
+    _v2_rollups,
+    _v3_event_index,
+    _v4_billing_over_time,
+]
 HEAD = len(STEPS)
 
 

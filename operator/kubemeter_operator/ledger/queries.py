@@ -1,4 +1,8 @@
-"""Usage totals read from the daily rollups (never from the usage rows)."""
+"""Usage totals read from the daily rollups (never from the usage rows).
+
+A period's own usage is what is booked in it and belongs to it (`booked = period = P`);
+late usage booked into P belongs to an earlier, already finalised period (`booked = P`,
+`period < P`). See `rollup` for how usage is booked."""
 
 from __future__ import annotations
 
@@ -34,24 +38,54 @@ def _add(totals: UsageTotals, row: Any) -> None:
 
 
 def period_totals(conn: Connection, tenant: str, period: Period) -> UsageTotals:
+    """The usage of `period` booked in `period` (what its statement rates, adjustments aside)."""
+    p = str(period)
     totals: UsageTotals = {}
-    for row in conn.execute(select(*_COLUMNS).where(_R.tenant == tenant, _R.period == str(period))):
+    query = select(*_COLUMNS).where(_R.tenant == tenant, _R.booked == p, _R.period == p)
+    for row in conn.execute(query):
         _add(totals, row)
     return totals
 
 
 def all_period_totals(conn: Connection, period: Period) -> dict[str, UsageTotals]:
+    p = str(period)
     out: dict[str, UsageTotals] = {}
-    for row in conn.execute(select(*_COLUMNS).where(_R.period == str(period))):
+    for row in conn.execute(select(*_COLUMNS).where(_R.booked == p, _R.period == p)):
         _add(out.setdefault(row[0], {}), row)
     return out
+
+
+def late_totals(conn: Connection, tenant: str, booked: Period) -> dict[Period, UsageTotals]:
+    """Late usage booked into `booked`, per the (earlier, finalised) period it belongs to."""
+    out: dict[Period, UsageTotals] = {}
+    query = select(_R.period, *_COLUMNS).where(
+        _R.tenant == tenant, _R.booked == str(booked), _R.period != str(booked)
+    )
+    for row in conn.execute(query):
+        _add(out.setdefault(Period.parse(row[0]), {}), row[1:])
+    return out
+
+
+def booked_before(conn: Connection, tenant: str, period: Period, before: Period) -> UsageTotals:
+    """Usage of `period` booked in any period before `before` (its own statement and the
+    adjustments of the periods between): what an adjustment booked in `before` builds on."""
+    totals: UsageTotals = {}
+    query = select(*_COLUMNS).where(
+        _R.tenant == tenant, _R.period == str(period), _R.booked < str(before)
+    )
+    for row in conn.execute(query):
+        _add(totals, row)
+    return totals
 
 
 def daily_totals(
     conn: Connection, tenant: str | None, from_day: date, to_day: date
 ) -> dict[str, dict[date, UsageTotals]]:
-    """Totals per tenant per UTC day, for days in [from_day, to_day] (inclusive)."""
-    query: Select[Any] = select(*_COLUMNS).where(_R.day >= from_day, _R.day <= to_day)
+    """Totals per tenant per UTC day, for days in [from_day, to_day] (inclusive); late usage
+    (billed as an adjustment of a later period) is not in them."""
+    query: Select[Any] = select(*_COLUMNS).where(
+        _R.day >= from_day, _R.day <= to_day, _R.booked == _R.period
+    )
     if tenant is not None:
         query = query.where(_R.tenant == tenant)
     out: dict[str, dict[date, UsageTotals]] = {}
@@ -61,9 +95,16 @@ def daily_totals(
 
 
 def tenants_with_usage(conn: Connection, period: Period) -> list[str]:
+    """Tenants with usage booked in `period` (its own or late usage of earlier ones)."""
     return sorted(
-        conn.execute(select(_R.tenant).where(_R.period == str(period)).distinct()).scalars()
+        conn.execute(select(_R.tenant).where(_R.booked == str(period)).distinct()).scalars()
     )
+
+
+def periods_with_usage(conn: Connection) -> set[tuple[str, str]]:
+    """Every (tenant, booked period) with usage."""
+    query = select(_R.tenant, _R.booked).distinct()
+    return {(str(t), str(p)) for t, p in conn.execute(query)}
 
 
 def window_records(conn: Connection, tenant: str, period: Period) -> list[UsageRecord]:

@@ -1,4 +1,13 @@
-"""Daily rollups: usage quantities summed per (tenant, period, UTC day, usage key).
+"""Daily rollups: usage quantities summed per (tenant, booked period, usage period, UTC day,
+usage key).
+
+Booking: usage belongs to the period of its timestamp; it is *booked* (billed) in that
+period, unless the tenant's statements are already finalised through it (`closed_through`
+in billing_state): then it is late usage, booked into the first open period after
+`closed_through`. Writers read `closed_through` in the transaction that writes the rollups
+(PostgreSQL: `FOR SHARE`, so a period close, which holds the row `FOR UPDATE`, waits for
+them and they wait for it), so usage is never booked into a period whose statement is
+already stored.
 
 Rows are aggregated per batch in Python and upserted in one statement, in key order (so
 concurrent writers lock rollup rows in the same order and cannot deadlock each other).
@@ -11,14 +20,14 @@ straddle UTC days or periods and go through `split_by_day`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from datetime import UTC, date, datetime
 from decimal import MAX_PREC, Context, Decimal
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, func
+from sqlalchemy import Connection, Table, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -31,15 +40,15 @@ from kubemeter_operator.api.usage import (
     UsageRecord,
 )
 from kubemeter_operator.ledger import pgfast
-from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, usage_rollup
+from kubemeter_operator.ledger.schema import QUANTITY_COLUMNS, billing_state, usage_rollup
 from kubemeter_operator.usage.days import split_by_day
 from kubemeter_operator.usage.periods import Period
-from kubemeter_operator.usage.totals import Quantities, UsageKey, key_and_quantities
+from kubemeter_operator.usage.totals import Quantities, UsageKey
 
-RollupKey = tuple[str, str, date, UsageKey]
-"""(tenant, period "YYYY-MM", UTC day, usage key)."""
+RollupKey = tuple[str, str, str, date, UsageKey]
+"""(tenant, booked period, usage period (both "YYYY-MM"), UTC day, usage key)."""
 
-_KEY_COLUMNS = ("tenant", "period", "day", "kind", "model", "mig_profile", "name")
+_KEY_COLUMNS = ("tenant", "booked", "period", "day", "kind", "model", "mig_profile", "name")
 _QTY_FIELDS = tuple(f.name for f in fields(Quantities))
 
 
@@ -116,44 +125,53 @@ def add_parts(acc: Sums, tenant: str, record: UsageRecord) -> None:
                 have[3] = custom if have[3] is None else _EXACT.add(have[3], custom)
 
 
-def quantities(acc: Sums) -> dict[RollupKey, Quantities]:
-    """The batch sums as rollup rows (one Quantities per row, not per record)."""
+def quantities(acc: Sums, booking: Mapping[str, str]) -> dict[RollupKey, Quantities]:
+    """The batch sums as rollup rows (one Quantities per row, not per record), each booked
+    by `booking` (tenant -> closed_through, see `booked_period`)."""
     out: dict[RollupKey, Quantities] = {}
     for (tenant, (period, day, kind, model, mig, name)), (q1, q2, q3, custom) in acc.items():
         qty = Quantities(custom=custom if custom is not None else Decimal(0))
         for column, amount in zip(KIND_COLUMNS[kind], (q1, q2, q3), strict=False):
             setattr(qty, column, amount)
-        out[(tenant, period, day, UsageKey(kind, model, mig, name))] = qty
+        booked = booked_period(booking.get(tenant, ""), period)
+        key = (tenant, booked, period, day, UsageKey(kind, model, mig, name))
+        have = out.get(key)
+        if have is None:
+            out[key] = qty
+        else:
+            have.add(qty)
     return out
 
 
-def add_record(acc: dict[RollupKey, Quantities], tenant: str, record: UsageRecord) -> None:
-    if isinstance(record, GpuUsage):
-        parts = split_by_day(record)
-    else:  # instant records: one part (fast path of split_by_day)
-        at = record.at.astimezone(UTC)
-        parts = [(Period(at.year, at.month), at.date(), record)]
-    for period, day, part in parts:
-        key, qty = key_and_quantities(part)
-        rk = (tenant, str(period), day, key)
-        have = acc.get(rk)
-        if have is None:
-            acc[rk] = qty
-        else:
-            have.add(qty)
+def booked_period(closed_through: str, period: str) -> str:
+    """The period that bills usage of `period` when statements are final through
+    `closed_through` ("" when none is): the usage's own period while it is open, else the
+    first period after `closed_through`."""
+    if not closed_through or period > closed_through:
+        return period
+    return str(Period.parse(closed_through).next())
 
 
-def aggregate(items: Iterable[tuple[str, UsageRecord]]) -> dict[RollupKey, Quantities]:
-    acc: dict[RollupKey, Quantities] = {}
-    for tenant, record in items:
-        add_record(acc, tenant, record)
-    return acc
+def closed_through(conn: Connection, tenants: Iterable[str]) -> dict[str, str]:
+    """`closed_through` of each tenant ("" when it has no finalised statement), read under
+    a share lock on PostgreSQL (see the module docstring); SQLite writers already hold the
+    database's write lock."""
+    names = sorted(set(tenants))
+    if not names:
+        return {}
+    c = billing_state.c
+    stmt = select(c.tenant, c.closed_through).where(c.tenant.in_(names))
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update(read=True)
+    found = {str(t): str(ct) for t, ct in conn.execute(stmt)}
+    return {t: found.get(t, "") for t in names}
 
 
 def _row(rk: RollupKey, qty: Quantities) -> dict[str, Any]:
-    tenant, period, day, key = rk
+    tenant, booked, period, day, key = rk
     row: dict[str, Any] = {
         "tenant": tenant,
+        "booked": booked,
         "period": period,
         "day": day,
         "kind": key.kind,
@@ -187,13 +205,13 @@ def upsert(conn: Connection, acc: dict[RollupKey, Quantities], table: Table = us
 
 
 _PG_UPSERT = (
-    "INSERT INTO usage_rollup (tenant, period, day, kind, model, mig_profile, name, "
+    "INSERT INTO usage_rollup (tenant, booked, period, day, kind, model, mig_profile, name, "
     + ", ".join(QUANTITY_COLUMNS)
-    + ", custom) SELECT * FROM unnest(%(tenant)b::text[], %(period)b::text[], "
+    + ", custom) SELECT * FROM unnest(%(tenant)b::text[], %(booked)b::text[], %(period)b::text[], "
     "%(day)b::date[], %(kind)b::text[], %(model)b::text[], %(mig_profile)b::text[], "
     "%(name)b::text[], "
     + ", ".join(f"%({c})b::bigint[]" for c in QUANTITY_COLUMNS)
-    + ", %(custom)b::numeric[]) ON CONFLICT (tenant, period, day, kind, model, "
+    + ", %(custom)b::numeric[]) ON CONFLICT (tenant, booked, period, day, kind, model, "
     "mig_profile, name) DO UPDATE SET "
     + ", ".join(f"{c} = usage_rollup.{c} + excluded.{c}" for c in (*QUANTITY_COLUMNS, "custom"))
 )
@@ -203,9 +221,10 @@ def _pg_upsert(conn: Connection, acc: dict[RollupKey, Quantities]) -> None:
     """One fixed-shape statement (arrays + unnest): prepared once, no per-row SQL."""
     cols: dict[str, list[Any]] = {c: [] for c in (*_KEY_COLUMNS, *_QTY_FIELDS)}
     for rk in sorted(acc):
-        tenant, period, day, key = rk
+        tenant, booked, period, day, key = rk
         qty = acc[rk]
         cols["tenant"].append(tenant)
+        cols["booked"].append(booked)
         cols["period"].append(period)
         cols["day"].append(day)
         cols["kind"].append(key.kind)

@@ -6,13 +6,21 @@ migrated from scratch matches this metadata.
 - usage_event: one row per event id (events API, `kubemeter ledger record`). The id is the
   idempotency key; payload_hash tells a replay from a conflicting reuse.
 - usage_window: one row per (tenant, source, series, window_start) from the metering loop.
-- usage_rollup: summed base quantities per (tenant, period, UTC day, usage key), maintained
-  in the same transaction as the usage rows; totals and statements read only these.
+- usage_rollup: summed base quantities per (tenant, booked period, usage period, UTC day,
+  usage key), maintained in the same transaction as the usage rows; totals and statements
+  read only these. `period` is the period the usage belongs to (its timestamp); `booked` is
+  the period whose statement bills it: the same, unless the usage period was already
+  finalised when the usage was recorded (late usage: booked into the next open period).
+- billing_state: per tenant, the latest finalised period (`closed_through`). Usage writers
+  read it (PostgreSQL: FOR SHARE) to decide `booked`; the period close updates it (FOR
+  UPDATE) in the transaction that stores the statement, so no usage can slip in between.
 - checkpoint: small JSON values for the metering loop (written with its windows).
 - tenant_terms: the price plan and discount a tenant had for a period, so an invoice can be
   rated from the ledger alone.
-- statement / statement_line: finalised (immutable) period statements and their lines.
-- wallet / wallet_entry: prepaid balances and their idempotent top-ups and burns.
+- statement / statement_line: finalised (immutable) period statements and their lines;
+  `announced_at` is set once the PeriodClosed Event was posted.
+- wallet / wallet_entry / wallet_period: prepaid balances, their entries (top-ups, burns
+  and refunds), and per period what is due and what the wallet has paid of it.
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ usage_rollup = Table(
     "usage_rollup",
     metadata,
     Column("tenant", String(253), primary_key=True),
+    Column("booked", String(7), primary_key=True),
     Column("period", String(7), primary_key=True),
     Column("day", Date, primary_key=True),
     Column("kind", String(16), primary_key=True),
@@ -89,8 +98,16 @@ usage_rollup = Table(
     Column("name", String(100), primary_key=True),
     *(Column(name, BigInteger, nullable=False) for name in QUANTITY_COLUMNS),
     Column("custom", ExactDecimal, nullable=False),
-    Index("ix_usage_rollup_period", "period", "tenant"),
+    Index("ix_usage_rollup_booked", "booked", "tenant"),
     Index("ix_usage_rollup_day", "day"),
+)
+
+billing_state = Table(
+    "billing_state",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("closed_through", String(7), nullable=False),
+    Column("updated_at", UtcTimestamp, nullable=False),
 )
 
 checkpoint = Table(
@@ -121,6 +138,7 @@ statement = Table(
     Column("body", Text, nullable=False),
     Column("body_hash", String(64), nullable=False),
     Column("finalized_at", UtcTimestamp, nullable=False),
+    Column("announced_at", UtcTimestamp, nullable=True),
 )
 
 statement_line = Table(
@@ -159,5 +177,18 @@ wallet_entry = Table(
     Column("shortfall", ExactDecimal, nullable=False),
     Column("balance_after", ExactDecimal, nullable=False),
     Column("created_at", UtcTimestamp, nullable=False),
+    Column("period", String(7), nullable=True),
+    ForeignKeyConstraint(["tenant"], ["wallet.tenant"]),
+)
+
+wallet_period = Table(
+    "wallet_period",
+    metadata,
+    Column("tenant", String(253), primary_key=True),
+    Column("period", String(7), primary_key=True),
+    Column("currency", String(3), nullable=False),
+    Column("due", ExactDecimal, nullable=False),
+    Column("paid", ExactDecimal, nullable=False),
+    Column("updated_at", UtcTimestamp, nullable=False),
     ForeignKeyConstraint(["tenant"], ["wallet.tenant"]),
 )

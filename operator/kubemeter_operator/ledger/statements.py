@@ -21,7 +21,12 @@ from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.errors import ConflictError, InputError
 from kubemeter_operator.ledger.codec import canonical_json, digest
 from kubemeter_operator.ledger.columns import exact_problem
-from kubemeter_operator.ledger.schema import statement, statement_line, tenant_terms
+from kubemeter_operator.ledger.schema import (
+    billing_state,
+    statement,
+    statement_line,
+    tenant_terms,
+)
 from kubemeter_operator.ledger.usage import _insert
 from kubemeter_operator.usage.periods import Period
 
@@ -63,10 +68,17 @@ def set_terms(
     discount_percent: Decimal,
     now: datetime,
 ) -> None:
+    """Record the terms of an open period (the latest wins); a finalised period's terms are
+    frozen (ConflictError)."""
     if not tenant:
         raise InputError("tenant", "required")
     if not Decimal(0) <= discount_percent <= Decimal(100) or exact_problem(discount_percent):
         raise InputError("discountPercent", "must be a decimal between 0 and 100")
+    ensure_billing_state(conn, tenant, now)
+    if is_final(conn, tenant, period):
+        raise ConflictError(
+            f"terms {tenant} {period}", "the period is finalised; its terms never change"
+        )
     stmt = _insert(conn, tenant_terms).values(
         tenant=tenant,
         period=str(period),
@@ -159,4 +171,82 @@ def terms_tenants(conn: Connection, period: Period) -> list[str]:
         conn.execute(
             select(tenant_terms.c.tenant).where(tenant_terms.c.period == str(period))
         ).scalars()
+    )
+
+
+def is_final(conn: Connection, tenant: str, period: Period) -> bool:
+    found = conn.execute(
+        select(statement.c.period).where(
+            statement.c.tenant == tenant, statement.c.period == str(period)
+        )
+    ).first()
+    return found is not None
+
+
+def open_periods(conn: Connection, with_usage: set[tuple[str, str]]) -> list[tuple[str, Period]]:
+    """(tenant, period) pairs that have terms or usage (`with_usage`: tenant, booked period)
+    and no final statement, in (tenant, period) order."""
+    pairs = set(with_usage)
+    pairs.update((str(t), str(p)) for t, p in conn.execute(
+        select(tenant_terms.c.tenant, tenant_terms.c.period)))  # fmt: skip
+    final = {
+        (str(t), str(p)) for t, p in conn.execute(select(statement.c.tenant, statement.c.period))
+    }
+    return sorted((t, Period.parse(p)) for t, p in pairs - final)
+
+
+def ensure_billing_state(conn: Connection, tenant: str, now: datetime) -> None:
+    """Create the tenant's billing_state row (closed through nothing) if it is missing."""
+    conn.execute(
+        _insert(conn, billing_state)
+        .values(tenant=tenant, closed_through="", updated_at=now)
+        .on_conflict_do_nothing(index_elements=["tenant"])
+    )
+
+
+def lock_billing_state(conn: Connection, tenant: str) -> Period | None:
+    """The tenant's latest finalised period, with its billing_state row locked FOR UPDATE
+    (PostgreSQL; SQLite's write transaction already excludes every other writer): usage
+    writers of this tenant wait until this transaction ends. The row must exist
+    (`ensure_billing_state`, committed before)."""
+    stmt = select(billing_state.c.closed_through).where(billing_state.c.tenant == tenant)
+    value = conn.execute(stmt.with_for_update()).scalar()
+    if value is None:
+        raise InputError("tenant", f"no billing state for {tenant!r} (ensure it first)")
+    return Period.parse(value) if value else None
+
+
+def set_closed_through(conn: Connection, tenant: str, period: Period, now: datetime) -> None:
+    conn.execute(
+        billing_state.update()
+        .where(billing_state.c.tenant == tenant)
+        .values(closed_through=str(period), updated_at=now)
+    )
+
+
+@dataclass(frozen=True)
+class Finalised:
+    tenant: str
+    period: Period
+    currency: str
+    total: Decimal
+    finalized_at: datetime
+
+
+def unannounced(conn: Connection) -> list[Finalised]:
+    """Finalised statements whose PeriodClosed Event has not been marked as posted."""
+    c = statement.c
+    rows = conn.execute(
+        select(c.tenant, c.period, c.currency, c.total, c.finalized_at)
+        .where(c.announced_at.is_(None))
+        .order_by(c.tenant, c.period)
+    )
+    return [Finalised(t, Period.parse(p), cur, tot, at) for t, p, cur, tot, at in rows]
+
+
+def mark_announced(conn: Connection, tenant: str, period: Period, now: datetime) -> None:
+    conn.execute(
+        statement.update()
+        .where(statement.c.tenant == tenant, statement.c.period == str(period))
+        .values(announced_at=now)
     )

@@ -118,23 +118,31 @@ WITH ev AS (
                          string_to_array(%(q3)b::text, ',')::int8[],
                          string_to_array(%(custom)b::text, ',', ''))
         AS p(ev, grp, q1, q2, q3, custom)
+), tb AS (
+    SELECT closed_through AS ct FROM billing_state WHERE tenant = %(tenant)b::text FOR SHARE
 ), g AS (
-    SELECT * FROM unnest(%(g_period)b::text[], %(g_day)b::date[], %(g_kind)b::text[],
-                         %(g_model)b::text[], %(g_mig)b::text[], %(g_name)b::text[])
-        WITH ORDINALITY AS g(period, day, kind, model, mig_profile, name, grp)
+    SELECT g0.*,
+           CASE WHEN coalesce((SELECT ct FROM tb), '') = '' OR g0.period > (SELECT ct FROM tb)
+                THEN g0.period
+                ELSE to_char(to_date((SELECT ct FROM tb) || '-01', 'YYYY-MM-DD')
+                             + interval '1 month', 'YYYY-MM')
+           END AS booked
+    FROM unnest(%(g_period)b::text[], %(g_day)b::date[], %(g_kind)b::text[],
+                %(g_model)b::text[], %(g_mig)b::text[], %(g_name)b::text[])
+        WITH ORDINALITY AS g0(period, day, kind, model, mig_profile, name, grp)
 ), s AS (
     SELECT part.grp, sum(part.q1) AS q1, sum(part.q2) AS q2, sum(part.q3) AS q3,
            sum(part.custom::numeric) AS custom
     FROM part JOIN res ON res.ord = part.ev AND res.new
     GROUP BY part.grp
 ), roll AS (
-    INSERT INTO usage_rollup (tenant, period, day, kind, model, mig_profile, name,
+    INSERT INTO usage_rollup (tenant, booked, period, day, kind, model, mig_profile, name,
                               {", ".join(QUANTITY_COLUMNS)}, custom)
-    SELECT %(tenant)b::text, g.period, g.day, g.kind, g.model, g.mig_profile, g.name,
+    SELECT %(tenant)b::text, g.booked, g.period, g.day, g.kind, g.model, g.mig_profile, g.name,
            {", ".join(_amount(c) for c in QUANTITY_COLUMNS)}, coalesce(s.custom, 0)
     FROM s JOIN g ON g.grp = s.grp
     ORDER BY g.grp
-    ON CONFLICT (tenant, period, day, kind, model, mig_profile, name)
+    ON CONFLICT (tenant, booked, period, day, kind, model, mig_profile, name)
     DO UPDATE SET {_ROLLUP_SET}
 )
 SELECT NULL::text, NULL::text, NULL::text,
@@ -157,7 +165,10 @@ another tenant or payload hash is (harmlessly) "updated" so that it is returned.
 the events inserted now are added to the daily rollups (each event's parts, summed per
 rollup row, upserted in key order). The result: the number inserted, plus the conflicting
 rows, if any; then the caller raises and its transaction rolls all of it back. ON CONFLICT
-sees the latest committed row, also one committed after the statement began.
+sees the latest committed row, also one committed after the statement began. The rows are
+booked (`rollup.booked_period`) against the tenant's billing_state read `FOR SHARE`: a
+period close in progress holds that row `FOR UPDATE`, so the batch waits for it and then
+books into the next open period what the close has just finalised.
 
 With `fail_on_conflict` the statement itself fails (division by zero) instead of
 returning conflicting rows: then it can run as a transaction of its own
@@ -253,7 +264,8 @@ def record_events(
     for eid in ids:
         if eid in inserted:
             rollup.add_parts(acc, tenant, prepared[eid][2])
-    rollup.upsert(conn, rollup.quantities(acc))
+    if acc:
+        rollup.upsert(conn, rollup.quantities(acc, rollup.closed_through(conn, [tenant])))
     return RecordResult(len(inserted), len(missing) + in_batch_dups)
 
 
@@ -417,7 +429,9 @@ def record_windows(
     for k in keys:
         if k in inserted:
             rollup.add_parts(acc, k[0], prepared[k][2].record)
-    rollup.upsert(conn, rollup.quantities(acc))
+    if acc:
+        booking = rollup.closed_through(conn, {tenant for tenant, _ in acc})
+        rollup.upsert(conn, rollup.quantities(acc, booking))
     if checkpoints:
         set_checkpoints(conn, checkpoints, now)
     return RecordResult(len(inserted), len(missing) + in_batch_dups)

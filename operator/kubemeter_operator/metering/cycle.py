@@ -227,6 +227,11 @@ class MeteringCycle:
         self.metrics = metrics
         self.clock = clock
 
+    def metered_until(self) -> datetime | None:
+        """The end of the last committed window, from the ledger's checkpoint (None: no
+        window yet)."""
+        return _State.load(self.ledger.get_checkpoint(self.config.checkpoint_name)).time
+
     def run(
         self,
         tenants: Sequence[Tenant],

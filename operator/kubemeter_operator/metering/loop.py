@@ -27,7 +27,12 @@ from datetime import datetime
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
-from kubemeter_operator.errors import KubemeterError, TransientError
+from kubemeter_operator.errors import (
+    KubemeterError,
+    LedgerUnavailableError,
+    PrometheusUnavailableError,
+    TransientError,
+)
 from kubemeter_operator.metering.cycle import CycleResult, MeteringCycle
 
 log = logging.getLogger(__name__)
@@ -38,10 +43,10 @@ OnError = Callable[[Exception], Awaitable[None] | None]
 
 
 def _which(exc: Exception) -> str:
-    text = str(exc).lower()
-    if "prometheus" in text:
+    """The source a failed cycle reports as degraded, by the error's type."""
+    if isinstance(exc, PrometheusUnavailableError):
         return "prometheus"
-    if "ledger" in text or "database" in text or "sqlite" in text or "postgres" in text:
+    if isinstance(exc, LedgerUnavailableError):
         return "ledger"
     return "metering"
 
@@ -89,11 +94,12 @@ class MeteringLoop:
             return self.interval_s
         return float(min(self.interval_s, self.min_backoff_s * 2 ** (self.failures - 1)))
 
-    async def step(self) -> float:
-        """Run one cycle (in a worker thread); returns the seconds to wait before the next."""
+    async def step(self, now: datetime | None = None) -> float:
+        """Run one cycle (in a worker thread) as of `now` (default: the cycle's clock);
+        returns the seconds to wait before the next."""
         try:
             tenants, plans = self.inputs()
-            result = await asyncio.to_thread(self.cycle.run, tenants, plans)
+            result = await asyncio.to_thread(self.cycle.run, tenants, plans, now)
         except TransientError as exc:
             self.failures += 1
             self.last_error = exc

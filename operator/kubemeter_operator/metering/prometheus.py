@@ -3,7 +3,8 @@
 Only raw counter values are read (``last_over_time(<counter>[span])`` at the window end);
 ``rate()``/``increase()`` extrapolation is never used for money.
 
-Errors: connection failures, timeouts, HTTP 429 and 5xx raise :class:`TransientError`
+Errors: connection failures, timeouts, HTTP 429 and 5xx raise :class:`PrometheusUnavailableError`
+(a :class:`TransientError`)
 (retry later; the checkpoint does not move); HTTP 400 (a malformed query) raises
 :class:`InputError`; any other failure raises :class:`PermanentError`.
 """
@@ -22,7 +23,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from kubemeter_operator.errors import InputError, PermanentError, TransientError
+from kubemeter_operator.errors import InputError, PermanentError, PrometheusUnavailableError
 
 _STATUS_RE = re.compile(r"HTTP Status Code (\d{3})")
 _METRIC_RE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -92,11 +93,11 @@ class PrometheusClient:
         try:
             raw: Any = self._conn.custom_query(promql, params=params)
         except requests.exceptions.RequestException as exc:
-            raise TransientError(f"prometheus {self.url} unreachable: {exc}") from exc
+            raise PrometheusUnavailableError(f"prometheus {self.url} unreachable: {exc}") from exc
         except PrometheusApiClientException as exc:
             raise _classify(self.url, promql, exc) from exc
         except ValueError as exc:  # a body that is not JSON (a proxy's error page)
-            raise TransientError(f"prometheus {self.url}: bad response: {exc}") from exc
+            raise PrometheusUnavailableError(f"prometheus {self.url}: bad response: {exc}") from exc
         return _parse_vector(promql, raw)
 
     def healthy(self) -> bool:
@@ -113,7 +114,7 @@ def _classify(url: str, promql: str, exc: PrometheusApiClientException) -> Excep
     status = int(match.group(1)) if match else 0
     detail = str(exc)[:500]
     if status == 429 or status >= 500:
-        return TransientError(f"prometheus {url}: HTTP {status}: {detail}")
+        return PrometheusUnavailableError(f"prometheus {url}: HTTP {status}: {detail}")
     if status == 400:
         return InputError("query", f"prometheus rejected {promql!r}: {detail}")
     return PermanentError(f"prometheus {url}: query {promql!r} failed: {detail}")

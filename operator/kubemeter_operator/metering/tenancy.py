@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubemeter_operator.api.tenant import LabelSelector, Tenant
+from kubemeter_operator.usage.tenants import UNASSIGNED
 
-UNASSIGNED = "_unassigned"
-"""Reserved ledger tenant for usage of pods no Tenant owns (not a valid Kubernetes name)."""
+__all__ = ["UNASSIGNED", "Assignment", "NamespaceConflict", "TenancyMap"]
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

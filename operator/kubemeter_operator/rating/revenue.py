@@ -10,6 +10,9 @@ Pure (no database): give it the statement, the plan, and the tenant's usage tota
 - The discount (a percentage of the subtotal) is allocated in proportion to each day's
   pre-discount revenue (usage + fee), so a day's revenue never goes negative; evenly if the
   subtotal is zero.
+- Adjustments (late usage of an earlier, finalised period billed on this statement) are
+  spread evenly over the period's days, like the fee: the days they were consumed belong to
+  a period whose books are closed.
 
 Every allocation works in integer minor units with the largest-remainder method (ties go to
 the earlier day), so the days of a period sum exactly to each line, and in total exactly to
@@ -40,11 +43,13 @@ class DayRevenue:
     platform_fee: Decimal = Decimal(0)
     discount: Decimal = Decimal(0)
     """Discount attributed to this day (a positive amount, subtracted)."""
+    adjustments: Decimal = Decimal(0)
+    """Late usage of earlier periods recognised this day (signed)."""
     by_meter: dict[str, Decimal] = field(default_factory=dict)
 
     @property
     def revenue(self) -> Decimal:
-        return self.usage + self.platform_fee - self.discount
+        return self.usage + self.platform_fee - self.discount + self.adjustments
 
 
 def allocate(amount_minor: int, weights: Sequence[Fraction]) -> list[int]:
@@ -127,8 +132,12 @@ def recognise(
     fee_parts = allocate(_to_minor(statement.platform_fee, places), [Fraction(1)] * len(days))
     pre_discount = [Fraction(u + f) for u, f in zip(usage_minor, fee_parts, strict=True)]
     discount_parts = allocate(_to_minor(statement.discount, places), pre_discount)
+    adjustment_parts = allocate(
+        _to_minor(statement.adjustments_total, places), [Fraction(1)] * len(days)
+    )
     for i, day in enumerate(result):
         day.usage = _from_minor(usage_minor[i], places)
         day.platform_fee = _from_minor(fee_parts[i], places)
         day.discount = _from_minor(discount_parts[i], places)
+        day.adjustments = _from_minor(adjustment_parts[i], places)
     return result

@@ -6,11 +6,18 @@ gpu-hours, is shown with 50 significant digits). The identities the tests hold:
 
 - subtotal = platformFee + sum(line.amount)
 - discount = round_half_up(subtotal × discountPercent / 100)
-- total = subtotal − discount  (so the total is always the sum of rounded lines)
-- cost = sum(line.cost), margin = total − cost
+- adjustmentsTotal = sum(adjustment.amount) over the adjustments in the statement's currency
+- total = subtotal − discount + adjustmentsTotal  (always the sum of rounded lines)
+- cost = sum(line.cost) + sum(adjustment.cost), margin = total − cost
+
+Adjustments carry late usage: usage of an earlier period that arrived after that period's
+statement was finalised. Each is rated at the old period's terms, as the difference it
+makes to that period (see `rating.adjustments`), and billed on the first open statement.
 """
 
 from __future__ import annotations
+
+from decimal import Decimal
 
 from pydantic import AwareDatetime, Field
 
@@ -77,6 +84,39 @@ class UnpricedUsage(ApiModel):
     reason: str
 
 
+class AdjustmentLine(ApiModel):
+    """What late usage adds to one meter of the old period."""
+
+    meter: str
+    quantity: SignedDec
+    """Base units the late usage adds to the meter (after any MIG share)."""
+    amount: SignedDec
+    """The change of the meter's rounded charge (negative only under volume pricing)."""
+
+
+class Adjustment(ApiModel):
+    """Late usage of a finalised period, billed on a later statement at the old terms."""
+
+    reason: str = "lateUsage"
+    period: str = Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+    """The (finalised) period the usage belongs to."""
+    description: str
+    """E.g. "late usage from 2026-10"."""
+    currency: str
+    """The old period's currency; an adjustment in another currency than the statement's
+    is listed but not added to its total (kubemeter never converts)."""
+    lines: list[AdjustmentLine] = Field(default_factory=list)
+    platform_fee: SignedDec = Field(default_factory=lambda: Decimal(0))
+    """Always 0: the old period's fee was charged on its own invoice."""
+    discount: SignedDec
+    """The change of the old period's discount (subtracted)."""
+    amount: SignedDec
+    """The change of the old period's total: sum(lines) − discount."""
+    cost: SignedDec
+    unpriced: list[UnpricedUsage] = Field(default_factory=list)
+    """Late usage no meter of the old terms prices (reported, never dropped)."""
+
+
 class Statement(ApiModel):
     """A rated period: every line rounded, the total the sum of the rounded lines."""
 
@@ -89,7 +129,11 @@ class Statement(ApiModel):
     subtotal: Dec
     discount_percent: Percent
     discount: Dec
-    total: Dec
+    adjustments: list[Adjustment] = Field(default_factory=list)
+    """Late usage of earlier, finalised periods billed on this statement."""
+    adjustments_total: SignedDec = Field(default_factory=lambda: Decimal(0))
+    total: SignedDec
+    """subtotal − discount + adjustmentsTotal."""
     cost: Dec
     """Sum of the meters' costs (COGS)."""
     margin: SignedDec

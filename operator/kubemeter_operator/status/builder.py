@@ -25,6 +25,8 @@ from kubemeter_operator.api.priceplan import TOKEN_KINDS, MeterKind, PricePlanSp
 from kubemeter_operator.api.tenant import (
     BudgetStatus,
     MeterUsage,
+    PeriodState,
+    PeriodSummary,
     SuspendedWorkload,
     Tenant,
     TenantPhase,
@@ -73,14 +75,21 @@ def meter_usages(statement: Statement) -> list[MeterUsage]:
 
 
 def wallet_status(
-    tenant: Tenant, balance: Decimal | None, previous: TenantStatus | None
+    tenant: Tenant,
+    balance: Decimal | None,
+    previous: TenantStatus | None,
+    shortfall: Decimal = Decimal(0),
 ) -> WalletStatus | None:
     wallet = tenant.spec.wallet
     if wallet is None or not wallet.enabled:
         return None
     if balance is None:  # ledger unavailable: keep what we showed
         return previous.wallet if previous is not None else None
-    return WalletStatus(balance=balance, low=balance <= 0 or balance < wallet.low_balance_threshold)
+    return WalletStatus(
+        balance=balance,
+        low=balance <= 0 or balance < wallet.low_balance_threshold,
+        shortfall=max(shortfall, Decimal(0)),
+    )
 
 
 def summary(
@@ -126,6 +135,7 @@ def _conditions(
     have_statement: bool,
     degraded: Mapping[str, str],
     conflicts: Mapping[str, str],
+    billing: Mapping[str, str],
     now: datetime,
     previous: Sequence[Condition] | None,
 ) -> list[Condition]:
@@ -176,7 +186,19 @@ def _conditions(
         if degraded
         else c(cond.METERING_DEGRADED, "False", "AllSourcesHealthy", "")
     )
-    return [ready, plan, conflict, metering]
+    currency = billing.get("currency", "")
+    currency_cond = (
+        c(cond.CURRENCY_MISMATCH, "True", "CurrencyChanged", currency)
+        if currency
+        else c(cond.CURRENCY_MISMATCH, "False", "SameCurrency", "")
+    )
+    blocked = billing.get("close", "")
+    close_cond = (
+        c(cond.PERIOD_CLOSE_BLOCKED, "True", "CannotFinalise", blocked)
+        if blocked
+        else c(cond.PERIOD_CLOSE_BLOCKED, "False", "Finalising", "")
+    )
+    return [ready, plan, conflict, metering, currency_cond, close_cond]
 
 
 def build_status(
@@ -193,6 +215,10 @@ def build_status(
     last_metered_time: datetime | None = None,
     previous: TenantStatus | None = None,
     suspended_workloads: Sequence[SuspendedWorkload] | None = None,
+    previous_statement: Statement | None = None,
+    previous_final: bool = False,
+    wallet_shortfall: Decimal = Decimal(0),
+    billing_problems: Mapping[str, str] | None = None,
 ) -> TenantStatus:
     """The Tenant's status for `period` as of `now`.
 
@@ -208,6 +234,11 @@ def build_status(
     - `previous`: the current status (defaults to `tenant.status`): keeps condition
       transition times, the suspended workloads and, when needed, stale money fields.
     - `suspended_workloads`: what enforcement has suspended (default: keep `previous`').
+    - `previous_statement`, `previous_final`: the previous period's statement, running while
+      it closes, final once it is (shown as `previousPeriod`).
+    - `wallet_shortfall`: prepaid charges the balance could not cover.
+    - `billing_problems`: "currency" / "close" -> why (the CurrencyMismatch and
+      PeriodCloseBlocked conditions).
     """
     if previous is None:
         previous = tenant.status
@@ -234,22 +265,33 @@ def build_status(
         status.subtotal = source.subtotal
         status.discount = source.discount
         status.total = source.total
+        if source.adjustments:
+            status.adjustments = source.adjustments_total
         if any(line.cost is not None for line in source.lines):
             status.cost = source.cost
             status.margin = source.margin
     elif isinstance(source, TenantStatus):
         meters = list(source.meters)
         currency = source.currency or currency
-        for name in ("platform_fee", "subtotal", "discount", "total", "cost", "margin"):
+        for name in ("platform_fee", "subtotal", "discount", "adjustments", "total", "cost",
+                     "margin"):  # fmt: skip
             setattr(status, name, getattr(source, name))
     status.meters = meters
     status.currency = currency
 
-    if tenant.spec.budget is not None and status.total is not None:
-        status.budget = budget_status(tenant.spec.budget, status.total)
-    status.wallet = wallet_status(tenant, wallet_balance, previous)
+    if previous_statement is not None:
+        status.previous_period = PeriodSummary(
+            period=previous_statement.period,
+            state=PeriodState.FINAL if previous_final else PeriodState.CLOSING,
+            currency=previous_statement.currency,
+            total=previous_statement.total,
+        )
+    spent = max(status.total, Decimal(0)) if status.total is not None else None
+    if tenant.spec.budget is not None and spent is not None:
+        status.budget = budget_status(tenant.spec.budget, spent)
+    status.wallet = wallet_status(tenant, wallet_balance, previous, wallet_shortfall)
 
-    if status.total is not None and currency is not None:
+    if spent is not None and currency is not None:
         fee = status.platform_fee or Decimal(0)
         discount_pct = (
             statement.discount_percent if statement is not None else tenant.spec.discount_percent
@@ -258,7 +300,7 @@ def build_status(
         status.forecast = forecast(
             now=now,
             period=period,
-            total=status.total,
+            total=spent,
             fixed=fixed,
             places=minor_units(currency),
             budget_limit=tenant.spec.budget.limit if tenant.spec.budget is not None else None,
@@ -277,6 +319,7 @@ def build_status(
         have_statement=statement is not None,
         degraded=degraded or {},
         conflicts=conflicts or {},
+        billing=billing_problems or {},
         now=now,
         previous=previous.conditions if previous is not None else None,
     )

@@ -12,8 +12,19 @@ READY = "Ready"
 PRICE_PLAN_FOUND = "PricePlanFound"
 NAMESPACE_CONFLICT = "NamespaceConflict"
 METERING_DEGRADED = "MeteringDegraded"
+CURRENCY_MISMATCH = "CurrencyMismatch"
+"""The plan (or the wallet) is in another currency than the open period's terms."""
+PERIOD_CLOSE_BLOCKED = "PeriodCloseBlocked"
+"""A period metering has covered cannot be finalised (no terms to price it)."""
 
-CONDITION_TYPES = (READY, PRICE_PLAN_FOUND, NAMESPACE_CONFLICT, METERING_DEGRADED)
+CONDITION_TYPES = (
+    READY,
+    PRICE_PLAN_FOUND,
+    NAMESPACE_CONFLICT,
+    METERING_DEGRADED,
+    CURRENCY_MISMATCH,
+    PERIOD_CLOSE_BLOCKED,
+)
 
 Status = Literal["True", "False", "Unknown"]
 

@@ -15,6 +15,7 @@ from typing import Literal
 
 from kubemeter_operator.api.tenant import TenantStatus
 from kubemeter_operator.api.types import format_decimal
+from kubemeter_operator.money import round_money
 from kubemeter_operator.status import conditions as cond
 
 EventType = Literal["Normal", "Warning"]
@@ -51,31 +52,14 @@ def _transition(
 
 
 def status_events(
-    tenant: str,
-    previous: TenantStatus | None,
-    new: TenantStatus,
-    *,
-    closed_period_total: Decimal | None = None,
+    tenant: str, previous: TenantStatus | None, new: TenantStatus
 ) -> list[StatusEvent]:
-    """Events for what changed from `previous` to `new`, in a stable order.
-
-    `closed_period_total`: the final total of the period that just closed, when the caller
-    has it (e.g. the finalised statement); otherwise the last total shown is used.
-    """
+    """Events for what changed from `previous` to `new`, in a stable order. (PeriodClosed
+    is not among them: the ledger decides when a period closes, see `period_closed`.)"""
     events: list[StatusEvent] = []
     rolled_over = (
         previous is not None and previous.period is not None and previous.period != new.period
     )
-    if rolled_over and previous is not None:
-        total = closed_period_total if closed_period_total is not None else previous.total
-        events.append(
-            StatusEvent(
-                "PeriodClosed",
-                f"tenant {tenant}: period {previous.period} closed with a total of "
-                f"{_money(total, previous.currency)}; now metering {new.period}",
-            )
-        )
-
     if new.budget is not None:
         crossed_before: set[int] = set()
         if previous is not None and not rolled_over and previous.budget is not None:
@@ -124,6 +108,26 @@ def status_events(
             )
         )
 
+    for type_, reason in (
+        (cond.CURRENCY_MISMATCH, "CurrencyMismatch"),
+        (cond.PERIOD_CLOSE_BLOCKED, "PeriodCloseBlocked"),
+    ):
+        change, message = _transition(previous, new, type_, "True")
+        if change == "bad":
+            events.append(StatusEvent(reason, f"tenant {tenant}: {message}", "Warning"))
+
+    was_short = previous is not None and previous.wallet is not None and previous.wallet.shortfall
+    if new.wallet is not None and new.wallet.shortfall > 0 and not was_short:
+        events.append(
+            StatusEvent(
+                "WalletShortfall",
+                f"tenant {tenant}: the prepaid balance could not cover "
+                f"{_money(new.wallet.shortfall, new.currency)} of charges; they are taken "
+                "from the next top-up",
+                "Warning",
+            )
+        )
+
     was_low = previous is not None and previous.wallet is not None and previous.wallet.low
     if new.wallet is not None and new.wallet.low and not was_low:
         events.append(
@@ -134,3 +138,13 @@ def status_events(
             )
         )
     return events
+
+
+def period_closed(tenant: str, period: str, total: Decimal, currency: str) -> StatusEvent:
+    """The Event for a finalised period (posted once the ledger has stored its statement)."""
+    return StatusEvent(
+        "PeriodClosed",
+        f"tenant {tenant}: period {period} is finalised with a total of "
+        f"{_money(round_money(total, currency), currency)}; "
+        f"`kubemeter invoice {tenant} --period {period}` prints it",
+    )

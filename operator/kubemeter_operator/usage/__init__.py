@@ -8,6 +8,7 @@ Imports no kopf, kubernetes or SQLAlchemy, and nothing that prices (see `rating`
 
 from kubemeter_operator.usage.days import split_by_day, split_gpu_window_by_day
 from kubemeter_operator.usage.periods import Period, split_by_period, split_gpu_window
+from kubemeter_operator.usage.tenants import UNASSIGNED
 from kubemeter_operator.usage.totals import (
     Quantities,
     UsageKey,
@@ -17,6 +18,7 @@ from kubemeter_operator.usage.totals import (
 )
 
 __all__ = [
+    "UNASSIGNED",
     "Period",
     "Quantities",
     "UsageKey",

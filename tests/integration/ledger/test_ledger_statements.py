@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import MetaData, inspect
+from sqlalchemy import MetaData, inspect, text
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import USAGE_LIST
@@ -16,7 +16,7 @@ from kubemeter_operator.ledger import Ledger, migrations
 from kubemeter_operator.ledger.engine import make_engine
 from kubemeter_operator.ledger.schema import metadata
 from kubemeter_operator.rating import rate
-from kubemeter_operator.usage import accumulate
+from kubemeter_operator.usage import UsageKey, accumulate
 from kubemeter_operator.usage.periods import Period
 
 NOV = Period(2026, 11)
@@ -92,3 +92,66 @@ def test_migrated_schema_matches_metadata(ledger_url: str) -> None:
             assert {i["name"] for i in insp.get_indexes(name)} == {i.name for i in table.indexes}
             pk = insp.get_pk_constraint(name)["constrained_columns"]
             assert pk == [c.name for c in table.primary_key.columns]
+
+
+def test_v3_ledger_upgrades_to_billing_over_time(ledger_url: str, plan: PricePlanSpec) -> None:
+    """v4 rebuilds the rollups with a booked period, seeds billing_state from finalised
+    statements and turns v3 burns (keys burn/<tenant>/<period>/<total>) into payments."""
+    engine = make_engine(ledger_url)
+    oct_ = Period(2026, 10)
+    try:
+        assert migrations.migrate(engine, target=3) == (0, 3)
+        now = datetime.now(UTC)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM usage_rollup")
+            conn.exec_driver_sql(
+                "INSERT INTO usage_rollup (tenant, period, day, kind, model, mig_profile, name,"
+                " allocated_ms, active_ms, prompt_tokens, completion_tokens,"
+                " cached_prompt_tokens, steps, requests, custom) VALUES"
+                " ('acme', '2026-10', '2026-10-31', 'tokens', 'llama', '', '', 0, 0, 7, 0, 0, 0,"
+                " 0, '0'),"
+                " ('acme', '2026-11', '2026-11-05', 'tokens', 'llama', '', '', 0, 0, 5, 0, 0, 0,"
+                " 0, '0')"
+            )
+            ts = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if engine.dialect.name == "sqlite" else now
+            conn.execute(
+                text(
+                    "INSERT INTO statement (tenant, period, currency, total, body, body_hash,"
+                    " finalized_at) VALUES ('acme', '2026-10', 'USD', 42, '{}', 'h', :ts)"
+                ),
+                {"ts": ts},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO wallet (tenant, currency, balance, topped_up, taken, updated_at)"
+                    " VALUES ('acme', 'USD', 8, 50, 42, :ts)"
+                ),
+                {"ts": ts},
+            )
+            for key, amount in (("burn/acme/2026-10/30", 30), ("burn/acme/2026-10/42", 12)):
+                conn.execute(
+                    text(
+                        "INSERT INTO wallet_entry (tenant, key, kind, currency, amount, taken,"
+                        " shortfall, balance_after, created_at) VALUES ('acme', :k, 'burn',"
+                        " 'USD', :a, :a, 0, 0, :ts)"
+                    ),
+                    {"k": key, "a": amount, "ts": ts},
+                )
+    finally:
+        engine.dispose()
+    with Ledger.open(ledger_url) as led:
+        assert led.schema_version() == migrations.HEAD == 4
+        assert led.period_totals("acme", oct_)[UsageKey("tokens", "llama")].prompt_tokens == 7
+        assert led.period_totals("acme", NOV)[UsageKey("tokens", "llama")].prompt_tokens == 5
+        assert led.late_totals("acme", NOV) == {}
+        assert ("acme", oct_) not in led.open_periods()
+        assert led.unannounced() == []  # statements finalised before v4 were announced
+        (paid,) = led.settlements("acme")
+        assert (paid.period, paid.due, paid.paid) == ("2026-10", Decimal(42), Decimal(42))
+        # late usage for October (finalised before the upgrade) is booked into November
+        led.record_events("acme", USAGE_LIST.validate_python([
+            {"kind": "tokens", "id": "late", "model": "llama", "promptTokens": 3,
+             "timestamp": "2026-10-30T00:00:00Z"}]))  # fmt: skip
+        assert led.period_totals("acme", oct_)[UsageKey("tokens", "llama")].prompt_tokens == 7
+        late = led.late_totals("acme", NOV)
+        assert late[oct_][UsageKey("tokens", "llama")].prompt_tokens == 3

@@ -246,3 +246,10 @@ def test_decimal_round_trip_is_exact(ledger: Ledger, text: str) -> None:
                                        "timestamp": "2026-11-04T10:00:00Z"}))  # fmt: skip
     (qty,) = ledger.period_totals("acme", NOV).values()
     assert qty.custom == value + Decimal("0.000000000001")
+
+
+def test_sqlite_commits_are_durable(tmp_path: Any) -> None:
+    """synchronous=FULL: a commit is on disk (fsynced) when it returns, WAL or not."""
+    with Ledger.open(f"sqlite:///{tmp_path / 'd.db'}") as led, led.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from kubemeter_exporter import contract
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
-from kubemeter_operator.errors import InputError, TransientError
+from kubemeter_operator.errors import InputError, PrometheusUnavailableError, TransientError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.loop import MeteringLoop
@@ -64,7 +64,7 @@ class FakePrometheus:
     def query(self, promql: str, at: datetime) -> list[Sample]:
         self.queries.append((promql, at))
         if self.down:
-            raise TransientError("prometheus http://fake unreachable")
+            raise PrometheusUnavailableError("prometheus http://fake unreachable")
         m = re.match(r"last_over_time\(([a-zA-Z_:][a-zA-Z0-9_:]*)", promql)
         assert m, promql
         if m.group(1) in self.failing:

@@ -1,13 +1,12 @@
-"""TenantReconciler with a real SQLite ledger and a recording writer (in place of the
-Kubernetes API): status and Events for a missing plan and a namespace conflict, prepaid
-wallet burns that survive a crash between intent and burn, and period close."""
+"""The bill and status steps (Biller + TenantReconciler) with a real SQLite ledger and a
+recording writer in place of the Kubernetes API: status and Events for a missing plan and
+a namespace conflict, status patched only on change, PeriodClosed from the ledger."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterator
-from datetime import UTC, datetime
-from decimal import Decimal
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,13 @@ import pytest
 from kubemeter_operator.api.priceplan import PricePlan
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.api.usage import TokenUsage
+from kubemeter_operator.billing.biller import Biller
 from kubemeter_operator.billing.statements import final_statement
-from kubemeter_operator.controller.reconcile import CycleFacts, TenantReconciler, wallet_checkpoint
+from kubemeter_operator.controller.reconcile import CycleFacts, TenantReconciler
 from kubemeter_operator.ledger import Ledger
-from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage import Period
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-def run(step: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(step)
-
-
-NOV = Period(2026, 11)
 
 PLAN = PricePlan.model_validate(
     {
@@ -57,7 +50,7 @@ def tenant(name: str, namespace: str, created: str, **spec: Any) -> Tenant:
 class Recorder:
     def __init__(self) -> None:
         self.patches: list[tuple[str, str, dict[str, Any]]] = []
-        self.events: list[tuple[str, str, str]] = []
+        self.events: list[tuple[str, str, str, str]] = []
 
     async def patch_status(self, plural: str, name: str, patch: dict[str, Any]) -> None:
         self.patches.append((plural, name, patch))
@@ -65,7 +58,28 @@ class Recorder:
     async def post_event(
         self, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal"
     ) -> None:
-        self.events.append((obj["metadata"]["name"], reason, type_))
+        self.events.append((obj["metadata"]["name"], reason, type_, message))
+
+
+class Steps:
+    """Bill then report, as `controller.cycle.OperatorCycle.run_once` does after metering."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.writer = Recorder()
+        self.biller = Biller(ledger)
+        self.reconciler = TenantReconciler(ledger, self.writer)
+
+    def __call__(
+        self,
+        tenants: dict[str, Tenant],
+        now: datetime,
+        metered_until: datetime | None = None,
+        plans: dict[str, PricePlan] | None = None,
+    ) -> None:
+        plans = {"std": PLAN} if plans is None else plans
+        covered = metered_until or now - timedelta(seconds=30)
+        report = self.biller.run(now, tenants, plans, covered)
+        asyncio.run(self.reconciler.reconcile_all(tenants, plans, CycleFacts(now, covered), report))
 
 
 @pytest.fixture
@@ -79,18 +93,14 @@ def tokens(event_id: str, prompt: int, at: datetime = NOW) -> TokenUsage:
     return TokenUsage(id=event_id, model="m", prompt_tokens=prompt, timestamp=at)
 
 
-def test_missing_plan_and_namespace_conflict_show_in_status_and_events(
-    ledger: Ledger,
-) -> None:
-    writer = Recorder()
-    rec = TenantReconciler(ledger, writer)
+def test_missing_plan_and_namespace_conflict_show_in_status_and_events(ledger: Ledger) -> None:
+    steps = Steps(ledger)
     first = tenant("first", "shared", "2026-11-01T00:00:00Z")
     later = tenant("later", "shared", "2026-11-02T00:00:00Z")
     orphan = tenant("orphan", "alone", "2026-11-01T00:00:00Z", pricePlanRef={"name": "nope"})
-    tenants = {t.name: t for t in (first, later, orphan)}
-    run(rec.reconcile_all(tenants, {"std": PLAN}, CycleFacts(NOW, NOW)))
+    steps({t.name: t for t in (first, later, orphan)}, NOW)
 
-    status = {name: patch["status"] for _, name, patch in writer.patches}
+    status = {name: patch["status"] for _, name, patch in steps.writer.patches}
     conditions = {
         name: {c["type"]: c["status"] for c in s["conditions"]} for name, s in status.items()
     }
@@ -98,77 +108,51 @@ def test_missing_plan_and_namespace_conflict_show_in_status_and_events(
     assert conditions["first"]["NamespaceConflict"] == "False"
     assert conditions["orphan"]["PricePlanFound"] == "False"
     assert status["orphan"]["phase"] == "Warning"
-    assert ("later", "NamespaceConflict", "Warning") in writer.events
-    assert ("orphan", "PricePlanNotFound", "Warning") in writer.events
-    assert not [e for e in writer.events if e[0] == "first"]
+    reasons = [(e[0], e[1], e[2]) for e in steps.writer.events]
+    assert ("later", "NamespaceConflict", "Warning") in reasons
+    assert ("orphan", "PricePlanNotFound", "Warning") in reasons
+    assert not [e for e in reasons if e[0] == "first"]
     message = next(c for c in status["later"]["conditions"] if c["type"] == "NamespaceConflict")
     assert "shared" in message["message"]
     assert "first" in message["message"]
 
 
 def test_status_is_patched_only_when_it_changes(ledger: Ledger) -> None:
-    writer = Recorder()
-    rec = TenantReconciler(ledger, writer)
-    acme = tenant("acme", "acme", "2026-11-01T00:00:00Z")
-    run(rec.reconcile_all({"acme": acme}, {"std": PLAN}, CycleFacts(NOW, NOW)))
-    run(rec.reconcile_all({"acme": acme}, {"std": PLAN}, CycleFacts(NOW, NOW)))
-    assert len(writer.patches) == 1
+    steps = Steps(ledger)
+    acme = {"acme": tenant("acme", "acme", "2026-11-01T00:00:00Z")}
+    steps(acme, NOW)
+    steps(acme, NOW)
+    assert len(steps.writer.patches) == 1
     ledger.record_events("acme", [tokens("e1", 2000)])
-    run(rec.reconcile_all({"acme": acme}, {"std": PLAN}, CycleFacts(NOW, NOW)))
-    assert len(writer.patches) == 2
-    assert writer.patches[-1][2]["status"]["total"] == "12.00"
+    steps(acme, NOW)
+    assert len(steps.writer.patches) == 2
+    assert steps.writer.patches[-1][2]["status"]["total"] == "12.00"
 
 
-def test_prepaid_wallet_burns_each_charge_once_even_across_a_crash(
-    ledger: Ledger,
-) -> None:
-    writer = Recorder()
-    acme = tenant("acme", "acme", "2026-11-01T00:00:00Z", wallet={"enabled": True})
-    ledger.topup("acme", Decimal("100"), "USD", "t1")
-    rec = TenantReconciler(ledger, writer)
-    run(rec.reconcile(acme, PLAN, CycleFacts(NOW, NOW), {}))
-    assert ledger.balance("acme") == Decimal("90.00")  # platform fee
-    run(rec.reconcile(acme, PLAN, CycleFacts(NOW, NOW), {}))
-    assert ledger.balance("acme") == Decimal("90.00")  # nothing new: nothing burned
-
-    ledger.record_events("acme", [tokens("e1", 5000)])
-    # a crash after the intent was written but before the burn happened
-    ledger.set_checkpoint(
-        wallet_checkpoint("acme"),
-        {"period": "2026-11", "charged": "15",
-         "pending": {"key": "burn/acme/2026-11/15", "amount": "5"}},
-    )  # fmt: skip
-    restarted = TenantReconciler(ledger, Recorder())
-    status = run(restarted.reconcile(acme, PLAN, CycleFacts(NOW, NOW), {}))
-    assert ledger.balance("acme") == Decimal("85")  # the pending burn, exactly once
-    assert status.wallet is not None
-    assert status.wallet.balance == Decimal("85")
-    run(restarted.reconcile(acme, PLAN, CycleFacts(NOW, NOW), {}))
-    wallet = ledger.wallet("acme")
-    assert wallet.taken == Decimal("15")
-    assert wallet.topped_up - wallet.taken == wallet.balance
-
-
-def test_period_closes_once_metering_has_covered_it(ledger: Ledger) -> None:
-    writer = Recorder()
-    rec = TenantReconciler(ledger, writer)
-    acme = tenant("acme", "acme", "2026-10-01T00:00:00Z")
+def test_period_closes_once_metering_has_covered_its_end_and_the_grace(ledger: Ledger) -> None:
+    steps = Steps(ledger)
+    acme = {"acme": tenant("acme", "acme", "2026-10-01T00:00:00Z")}
     october = datetime(2026, 10, 31, 23, 0, tzinfo=UTC)
     ledger.record_events("acme", [tokens("oct", 3000, october)])
-    run(rec.reconcile(acme, PLAN, CycleFacts(october, october), {}))
-
-    # November has begun but metering has not reached Nov 1 yet: nothing closes
+    steps(acme, october)
     nov_first = datetime(2026, 11, 1, 0, 0, 10, tzinfo=UTC)
-    run(rec.reconcile(acme, PLAN, CycleFacts(nov_first, october), {}))
+    # November has begun but metering has not covered the grace after October: it closes
+    steps(acme, nov_first, metered_until=datetime(2026, 10, 31, 23, 59, 45, tzinfo=UTC))
+    status = steps.writer.patches[-1][2]["status"]
+    assert status["period"] == "2026-11"
+    assert status["previousPeriod"] == {
+        "period": "2026-10", "state": "Closing", "currency": "USD", "total": "13.00"
+    }  # fmt: skip
+    steps(acme, nov_first + timedelta(minutes=59), metered_until=nov_first + timedelta(minutes=58))
     assert final_statement(ledger, "acme", Period(2026, 10)) is None
-
-    rec2 = TenantReconciler(ledger, writer)
-    acme_seen = acme.model_copy(update={"status": None})
-    run(rec2.reconcile(acme_seen, PLAN, CycleFacts(october, october), {}))
-    covered = datetime(2026, 11, 1, 0, 0, 5, tzinfo=UTC)
-    status = run(rec2.reconcile(acme_seen, PLAN, CycleFacts(nov_first, covered), {}))
+    later = nov_first + timedelta(hours=1, minutes=1)
+    steps(acme, later, metered_until=later - timedelta(seconds=30))
     final = final_statement(ledger, "acme", Period(2026, 10))
     assert final is not None
-    assert final.total == Decimal("13.00")
-    assert status.period == "2026-11"
-    assert ("acme", "PeriodClosed", "Normal") in writer.events
+    assert final.total == 13
+    closed = [e for e in steps.writer.events if e[1] == "PeriodClosed"]
+    assert len(closed) == 1
+    assert "13.00 USD" in closed[0][3]
+    assert steps.writer.patches[-1][2]["status"]["previousPeriod"]["state"] == "Final"
+    steps(acme, later + timedelta(minutes=5))  # never again
+    assert len([e for e in steps.writer.events if e[1] == "PeriodClosed"]) == 1

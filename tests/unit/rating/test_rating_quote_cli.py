@@ -76,8 +76,13 @@ def test_bad_plan_exits_2_naming_the_field(
         (9, {"promptTokens": "12"}, "usage[9].promptTokens: Input should be a valid integer"),
         (13, {"steps": 1.0}, "usage[13].steps: Input should be a valid integer"),
         (0, {"windowStart": "yesterday"}, "usage[0].windowStart: Input should be a valid"),
+        (13, {"steps": 10**15 + 1}, "usage[13].steps: Input should be less than or equal to"),
+        (13, {"timestamp": "1969-12-31T00:00:00Z"},
+         "usage[13].timestamp: 1969-12-31T00:00:00+00:00 is outside the years 1970..9998 (UTC)"),
+        (0, {"windowEnd": "9999-01-01T00:00:00Z"},
+         "usage[0].windowEnd: 9999-01-01T00:00:00+00:00 is outside the years 1970..9998 (UTC)"),
     ],
-)
+)  # fmt: skip
 def test_bad_usage_exits_2_naming_the_field(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, index: int, changes: Any, message: str
 ) -> None:
@@ -164,3 +169,107 @@ def test_tenant_filter_and_plan_mismatch_warning(
     assert steps["quantity"] == "2000"  # acme's record is not globex's usage
     # 2000 - 1000 included = 1000 -> 2 packages x 2.50 = 5.00; 99 + 5 = 104 - 2.5 % (2.60)
     assert (s["subtotal"], s["discount"], s["total"]) == ("104.00", "2.60", "101.40")
+
+
+# -- event ids ---------------------------------------------------------------------------
+
+
+def steps_quantity(out: str) -> str:
+    s = json.loads(out)
+    return str(next(line for line in s["lines"] if line["meter"] == "agent-steps")["quantity"])
+
+
+def steps(i: int | None, count: int, at: str = "2026-11-01T00:00:00Z", **extra: Any) -> Any:
+    record = {"kind": "steps", "steps": count, "timestamp": at, **extra}
+    return record if i is None else {"id": f"s{i}", **record}
+
+
+@pytest.mark.parametrize(
+    ("usage", "quantity"),
+    [
+        ([steps(1, 2000), steps(2, 500),
+          steps(1, 2000, at="2026-11-01T01:00:00+01:00"),  # the same instant, other offset
+          steps(2, 500)], "2500"),
+        ([steps(None, 2000), steps(None, 2000)], "4000"),  # without ids, every record counts
+        ([steps(1, 2000, tenant="acme"), steps(1, 500, tenant="globex")], "2500"),
+    ],
+    ids=["replays-count-once", "no-ids", "ids-are-per-tenant"],
+)  # fmt: skip
+def test_a_replayed_event_id_with_the_same_payload_is_counted_once(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, usage: Any, quantity: str
+) -> None:
+    code, out, _ = quote(capsys, tmp_path, usage=usage)
+    assert code == 0
+    assert steps_quantity(out) == quantity
+
+
+def test_an_event_id_reused_with_another_payload_exits_2_naming_both_indexes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    usage = [steps(0, 1), {"id": "req-7", "kind": "requests", "requests": 5,
+                           "timestamp": "2026-11-02T00:00:00Z"},
+             steps(2, 1), steps(3, 1),
+             {"id": "req-7", "kind": "requests", "requests": 6,
+              "timestamp": "2026-11-02T00:00:00Z"}]  # fmt: skip
+    code, out, err = quote(capsys, tmp_path, usage=usage)
+    assert (code, out) == (2, "")
+    assert err.strip() == (
+        "kubemeter quote: error: usage[4].id: event id 'req-7' is used twice "
+        "(usage[1] and usage[4]) with different payloads"
+    )
+
+
+def test_with_tenant_a_record_naming_no_tenant_is_the_tenants_own_event(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    tenant = yaml.safe_load((EXAMPLES / "tenant-globex.yaml").read_text())
+    usage = [steps(1, 2000, tenant="globex"), steps(1, 2000), steps(1, 7, tenant="acme")]
+    code = main(
+        ["quote", "--plan", write(tmp_path, "p.yaml", PLAN), "--usage",
+         write(tmp_path, "u.json", usage), "--tenant", write(tmp_path, "t.yaml", tenant)]
+    )  # fmt: skip
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert steps_quantity(out) == "2000"
+
+
+def test_quote_and_the_ledger_share_one_canonical_form() -> None:
+    from kubemeter_operator.api.usage import USAGE_LIST
+    from kubemeter_operator.ledger import codec, columns
+    from kubemeter_operator.usage import canonical
+
+    assert codec.record_json is canonical.record_json
+    assert codec.instant is canonical.instant
+    assert codec.canonical_json is canonical.canonical_json
+    assert columns.plain is canonical.plain
+    c = {"kind": "custom", "name": "c"}
+    a, b = USAGE_LIST.validate_python(
+        [{**c, "quantity": "1.50", "timestamp": "2026-11-01T09:00:00+09:00"},
+         {**c, "quantity": "1.5", "timestamp": "2026-11-01T00:00:00Z"}]
+    )  # fmt: skip
+    expected = '{"kind":"custom","name":"c","quantity":"1.5","timestamp":"2026-11-01T00:00:00Z"}'
+    assert canonical.record_json(a) == canonical.record_json(b) == expected
+
+
+# -- bounds ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("period", ["0000-01", "9999-12", "1969-12"])
+def test_a_period_outside_the_billable_years_exits_2_naming_the_flag(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, period: str
+) -> None:
+    plan, usage = write(tmp_path, "p.yaml", PLAN), write(tmp_path, "u.json", [])
+    assert main(["quote", "--plan", plan, "--usage", usage, "--period", period]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"kubemeter quote: error: --period: {period!r} is outside the years 1970..9998"
+    )
+
+
+def test_a_custom_quantity_with_13_decimal_places_exits_2_naming_the_field(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    usage = [{"kind": "custom", "name": "c", "quantity": "0.0000000000001",
+              "timestamp": "2026-11-01T00:00:00Z"}]  # fmt: skip
+    code, _, err = quote(capsys, tmp_path, usage=usage)
+    assert code == 2
+    assert "usage[0].quantity: has more than 12 decimal places (13)" in err

@@ -15,6 +15,7 @@ from kubemeter_operator.budget.policy import warning_percent
 from kubemeter_operator.rating import rate
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.status import (
+    CONDITION_TYPES,
     METERING_DEGRADED,
     NAMESPACE_CONFLICT,
     PRICE_PLAN_FOUND,
@@ -113,17 +114,14 @@ def test_money_fields_meters_and_summary() -> None:
     assert status.summary.budget_used == "30.35%"
     assert status.phase is TenantPhase.ACTIVE
     assert status.observed_generation == 3
-    assert [c.type for c in status.conditions] == [
-        READY,
-        PRICE_PLAN_FOUND,
-        NAMESPACE_CONFLICT,
-        METERING_DEGRADED,
-    ]
+    assert [c.type for c in status.conditions] == list(CONDITION_TYPES)
     assert {c.type: c.status for c in status.conditions} == {
         READY: "True",
         PRICE_PLAN_FOUND: "True",
         NAMESPACE_CONFLICT: "False",
         METERING_DEGRADED: "False",
+        "CurrencyMismatch": "False",
+        "PeriodCloseBlocked": "False",
     }
     assert all(c.last_transition_time == MID for c in status.conditions)
     # round-trips through the API model (what the API server stores)
@@ -423,7 +421,7 @@ def test_previous_defaults_to_the_tenants_status() -> None:
     first = build_status(tenant, PLAN, statement(), now=MID, period=PERIOD)
     tenant.status = first
     later = build_status(tenant, PLAN, statement(), now=MID + timedelta(hours=1), period=PERIOD)
-    assert [c.last_transition_time for c in later.conditions] == [MID] * 4
+    assert [c.last_transition_time for c in later.conditions] == [MID] * len(CONDITION_TYPES)
 
 
 def test_last_metered_time() -> None:

@@ -10,6 +10,7 @@ from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant, TenantStatus
 from kubemeter_operator.rating import rate
 from kubemeter_operator.status import build_status, merge_patch, status_events, status_patch
+from kubemeter_operator.status.events import period_closed
 from kubemeter_operator.usage import Period, Quantities, UsageKey
 
 PERIOD = Period(2026, 11)
@@ -137,16 +138,22 @@ def test_metering_degraded_and_recovered() -> None:
     assert recovered[0].type == "Normal"
 
 
-def test_period_rollover_reports_the_closed_total_and_resets_thresholds() -> None:
+def test_period_rollover_resets_thresholds_and_does_not_claim_a_close() -> None:
     november = status_at(90)
     december = status_at(
         60, now=datetime(2026, 12, 1, 0, 5, tzinfo=UTC), period=PERIOD.next(), previous=november
     )
+    # a new period in status says nothing about the old one being final: the ledger decides
+    # that, and the controller posts PeriodClosed when it has stored the invoice
     events = status_events("acme", november, december)
-    assert reasons(events) == ["PeriodClosed", "BudgetThresholdCrossed"]
-    assert "2026-11 closed with a total of 90.00 EUR" in events[0].message
-    final = status_events("acme", november, december, closed_period_total=Decimal("90.01"))
-    assert "90.01 EUR" in final[0].message
+    assert reasons(events) == ["BudgetThresholdCrossed"]
+
+
+def test_period_closed_event_names_the_total_and_the_invoice_command() -> None:
+    event = period_closed("acme", "2026-11", Decimal("90.01"), "EUR")
+    assert event.reason == "PeriodClosed"
+    assert "2026-11 is finalised with a total of 90.01 EUR" in event.message
+    assert "kubemeter invoice acme --period 2026-11" in event.message
 
 
 def test_missing_plan_and_found_again() -> None:
