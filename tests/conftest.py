@@ -5,6 +5,12 @@ shadow the standard library).
 - support.cluster: `kube_cluster`, a real kube-apiserver (or KUBEMETER_KUBECONFIG's cluster)
 - support.postgres: `postgres_url`, `ledger_url` (SQLite and a real PostgreSQL)
 - support.prometheus: `prometheus_factory`, real Prometheus servers
+- support.backfill: `backfill_factory`, real Prometheus on backfilled history (promtool)
 """
 
-pytest_plugins = ["support.cluster", "support.postgres", "support.prometheus"]
+pytest_plugins = [
+    "support.cluster",
+    "support.postgres",
+    "support.prometheus",
+    "support.backfill",
+]

@@ -53,7 +53,11 @@ def free_port() -> int:
 
 
 class PrometheusServer:
-    """One Prometheus process scraping ``targets`` (``host:port``) every ``scrape_interval``."""
+    """One Prometheus process scraping ``targets`` (``host:port``) every ``scrape_interval``.
+
+    ``retention`` is ``--storage.tsdb.retention.time`` (a flag Prometheus refuses twice, so
+    not settable through ``extra_args``); backfilled history needs a long one.
+    """
 
     def __init__(
         self,
@@ -65,6 +69,7 @@ class PrometheusServer:
         job: str = "kubemeter",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
+        retention: str = "2d",
     ) -> None:
         found = binary or find_prometheus()
         if not found:
@@ -82,6 +87,7 @@ class PrometheusServer:
         self.scrape_interval = scrape_interval
         self.job = job
         self.extra_args = list(extra_args)
+        self.retention = retention
         self.targets = list(targets)
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config()
@@ -117,7 +123,7 @@ class PrometheusServer:
                 f"--storage.tsdb.path={self.data_dir}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--web.enable-lifecycle",
-                "--storage.tsdb.retention.time=2d",
+                f"--storage.tsdb.retention.time={self.retention}",
                 "--log.level=warn",
                 *self.extra_args,
             ],
