@@ -31,9 +31,6 @@ CURRENCIES = frozenset(CURRENCY_MINOR_UNITS)
 DISPLAY_DIGITS = 50
 """Significant digits of a non-terminating exact value shown in a statement."""
 
-Exact = Fraction
-"""An exact rational value (money before rounding, quantities in billing units)."""
-
 
 def exact(value: Decimal | int | Fraction) -> Fraction:
     """The exact rational value of a Decimal or integer (never a float)."""

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from kubemeter_operator.api.conditions import Condition
 from kubemeter_operator.api.types import (
     DNS_LABEL_PATTERN,
+    MIG_PROFILE_PATTERN,
     ApiModel,
     Dec,
 )
@@ -23,7 +24,6 @@ from kubemeter_operator.money import CURRENCIES
 
 GROUP = "kubemeter.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 
 MAX_TIERS = 12
 MAX_METERS = 32
@@ -310,9 +310,7 @@ class Meter(ApiModel):
     gpu_model: str | None = Field(default=None, min_length=1, max_length=200)
     """gpuTime: the GPU product name as NVML reports it (e.g. `NVIDIA H100 80GB HBM3`);
     omitted matches any model."""
-    mig_profile: str | None = Field(
-        default=None, max_length=40, pattern=r"^[0-9]+g\.[0-9]+gb(\+me)?$"
-    )
+    mig_profile: str | None = Field(default=None, max_length=40, pattern=MIG_PROFILE_PATTERN)
     """gpuTime: price this MIG profile (e.g. `1g.10gb`) separately. Without such a meter a MIG
     slice counts on the GPU-model meter as its share of the GPU."""
     basis: GpuBasis | None = None

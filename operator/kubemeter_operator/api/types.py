@@ -18,6 +18,10 @@ DECIMAL_PATTERN = r"^[0-9]+(\.[0-9]+)?$"
 
 _DECIMAL_RE = re.compile(DECIMAL_PATTERN)
 
+MIG_PROFILE_PATTERN = r"^([0-9]+)g\.[0-9]+gb(\+me)?$"
+"""A MIG profile name (`1g.10gb`, `3g.40gb`, `1g.20gb+me`); group 1: its compute slices."""
+MIG_PROFILE_RE = re.compile(MIG_PROFILE_PATTERN)
+
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 

@@ -19,7 +19,7 @@ refuses with a message naming it. This module never reads files or sockets itsel
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal
 
@@ -33,7 +33,7 @@ from pydantic import (
     model_validator,
 )
 
-from kubemeter_operator.api.types import ApiModel, Dec
+from kubemeter_operator.api.types import MIG_PROFILE_PATTERN, ApiModel, Dec
 
 MAX_COUNT: Final = 10**15
 """Largest count of one record. 9,223 records of this size still sum within a signed 64-bit
@@ -151,8 +151,6 @@ Quantity = Annotated[Dec, AfterValidator(_check_quantity), BeforeValidator(_over
 
 EVENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,199}$"
 
-_MS = timedelta(milliseconds=1)
-
 
 class _Usage(ApiModel):
     id: str | None = Field(default=None, pattern=EVENT_ID_PATTERN)
@@ -173,7 +171,7 @@ class GpuUsage(_Usage):
     kind: Literal["gpu"] = "gpu"
     model: str = Field(min_length=1, max_length=200)
     """GPU product name as NVML reports it, e.g. `NVIDIA H100 80GB HBM3`."""
-    mig_profile: str | None = Field(default=None, pattern=r"^[0-9]+g\.[0-9]+gb(\+me)?$")
+    mig_profile: str | None = Field(default=None, pattern=MIG_PROFILE_PATTERN)
     allocated_ms: Count
     active_ms: Count = 0
     window_start: Instant
@@ -190,10 +188,6 @@ class GpuUsage(_Usage):
     @property
     def at(self) -> datetime:
         return self.window_start
-
-    @property
-    def window_ms(self) -> int:
-        return (self.window_end - self.window_start) // _MS
 
 
 class TokenUsage(_Usage):

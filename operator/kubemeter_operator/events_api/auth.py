@@ -92,9 +92,5 @@ class StaticTokenStore:
         self._tokens[tenant] = token_digest(token)
         self._index = TokenIndex(self._tokens.items())
 
-    def remove(self, tenant: str) -> None:
-        self._tokens.pop(tenant, None)
-        self._index = TokenIndex(self._tokens.items())
-
     async def authenticate(self, token: str) -> str | None:
         return self._index.lookup(token)

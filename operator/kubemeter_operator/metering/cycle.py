@@ -43,7 +43,6 @@ at 0 (on the very first run, what the counters hold is billed into the first win
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from typing import Any, Protocol
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
+from kubemeter_operator.api.types import MIG_PROFILE_RE
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage
 from kubemeter_operator.errors import ConflictError, KubemeterError, TransientError
 from kubemeter_operator.ledger import RecordResult, UsageWindow
@@ -67,7 +67,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "metering"
 CHECKPOINT_VERSION = 1
-_MIG_RE = re.compile(r"^[0-9]+g\.[0-9]+gb(\+me)?$")
 _CONFLICT_RETRIES = 3
 
 
@@ -204,7 +203,7 @@ class _State:
 
 
 def _mig(profile: str) -> str | None:
-    return profile if _MIG_RE.match(profile) else None
+    return profile if MIG_PROFILE_RE.match(profile) else None
 
 
 class MeteringCycle:

@@ -77,14 +77,6 @@ class MeteringLoop:
         self.last_success: datetime | None = None
         self._stop = asyncio.Event()
 
-    @property
-    def is_degraded(self) -> bool:
-        return bool(self.degraded)
-
-    @property
-    def degraded_reason(self) -> str:
-        return "; ".join(f"{k}: {v}" for k, v in sorted(self.degraded.items()))
-
     def stop(self) -> None:
         self._stop.set()
 

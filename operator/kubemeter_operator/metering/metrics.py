@@ -72,14 +72,3 @@ class MeteringMetrics:
         self.namespace_conflicts = Gauge(
             METERING_NAMESPACE_CONFLICTS, "Namespaces claimed by more than one Tenant.", registry=r
         )
-
-
-_default: MeteringMetrics | None = None
-
-
-def default_metrics() -> MeteringMetrics:
-    """The process-wide instance on the global registry (created on first use)."""
-    global _default
-    if _default is None:
-        _default = MeteringMetrics()
-    return _default

@@ -100,14 +100,6 @@ class PrometheusClient:
             raise PrometheusUnavailableError(f"prometheus {self.url}: bad response: {exc}") from exc
         return _parse_vector(promql, raw)
 
-    def healthy(self) -> bool:
-        """True when Prometheus answers its readiness endpoint."""
-        try:
-            resp = requests.get(f"{self.url}/-/ready", timeout=self.timeout_s)
-        except requests.exceptions.RequestException:
-            return False
-        return resp.status_code == 200
-
 
 def _classify(url: str, promql: str, exc: PrometheusApiClientException) -> Exception:
     match = _STATUS_RE.search(str(exc))

@@ -24,20 +24,19 @@ Whatever no meter takes is reported as unpriced (never dropped).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 
 from kubemeter_operator.api.priceplan import GpuBasis, Meter, MeterKind
+from kubemeter_operator.api.types import MIG_PROFILE_RE
 from kubemeter_operator.money import round_half_up
 from kubemeter_operator.usage.totals import Quantities, UsageKey, UsageTotals
 
 MIG_COMPUTE_SLICES = 7
 """Compute slices of a full MIG-capable GPU (A100, H100, H200)."""
 
-_MIG_RE = re.compile(r"^([0-9]+)g\.[0-9]+gb(\+me)?$")
 
 _MODEL_KIND_BY_USAGE: dict[str, MeterKind] = {
     "steps": MeterKind.AGENT_STEPS,
@@ -47,7 +46,7 @@ _MODEL_KIND_BY_USAGE: dict[str, MeterKind] = {
 
 def mig_share(profile: str) -> Fraction | None:
     """A MIG profile's share of the whole GPU (`3g.40gb` -> 3/7); None if not a profile."""
-    match = _MIG_RE.match(profile)
+    match = MIG_PROFILE_RE.match(profile)
     if not match:
         return None
     slices = int(match.group(1))

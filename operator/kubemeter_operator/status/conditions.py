@@ -60,11 +60,6 @@ def find(conditions: Sequence[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
 
 
-def is_true(conditions: Sequence[Condition] | None, type_: str) -> bool:
-    found = find(conditions or (), type_)
-    return found is not None and found.status == "True"
-
-
 def describe(items: Mapping[str, str]) -> str:
     """`a: why; b: why` in a stable order."""
     return "; ".join(f"{k}: {v}" for k, v in sorted(items.items()))

@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from kubemeter_operator.errors import InputError, PermanentError, TransientError
+from kubemeter_operator.errors import (
+    InputError,
+    PermanentError,
+    PrometheusUnavailableError,
+    TransientError,
+)
 from kubemeter_operator.metering.prometheus import PrometheusClient
 
 RESPONSES: dict[str, tuple[int, Any]] = {}
@@ -74,6 +79,5 @@ def test_errors_are_classified(url: str) -> None:
 
 def test_unreachable_is_transient() -> None:
     client = PrometheusClient("http://127.0.0.1:9", timeout_s=1)
-    with pytest.raises(TransientError):
+    with pytest.raises(PrometheusUnavailableError):
         client.query("up", NOW)
-    assert not client.healthy()
