@@ -102,8 +102,15 @@ class Ledger:
     # -- lifecycle -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str = DEFAULT_URL, *, migrate: bool = True) -> Ledger:
-        """Connect, creating the ledger or upgrading its schema in place to the head."""
+    def open(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        migrate: bool = True,
+        clock: Callable[[], datetime] | None = None,
+    ) -> Ledger:
+        """Connect, creating the ledger or upgrading its schema in place to the head.
+        `clock` stamps what is written (recorded, finalised, updated); default: now."""
         engine = make_engine(url)
         try:
             if migrate:
@@ -112,7 +119,7 @@ class Ledger:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, clock)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -251,7 +258,13 @@ class Ledger:
 
     def unannounced(self) -> list[Finalised]:
         """Finalised statements whose PeriodClosed Event was not marked posted yet."""
-        return self._read("unannounced statements", statements.unannounced)
+        return self._read(
+            "unannounced statements", lambda c: statements.finalised(c, unannounced=True)
+        )
+
+    def finalised(self) -> list[Finalised]:
+        """Every finalised statement (tenant, period, currency, total, when), in order."""
+        return self._read("finalised statements", statements.finalised)
 
     def mark_announced(self, tenant: str, period: Period) -> None:
         with self._write_tx("mark announced") as conn:

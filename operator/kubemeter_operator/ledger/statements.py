@@ -233,14 +233,14 @@ class Finalised:
     finalized_at: datetime
 
 
-def unannounced(conn: Connection) -> list[Finalised]:
-    """Finalised statements whose PeriodClosed Event has not been marked as posted."""
+def finalised(conn: Connection, *, unannounced: bool = False) -> list[Finalised]:
+    """Finalised statements (only those whose PeriodClosed Event has not been marked as
+    posted, with `unannounced`), in (tenant, period) order."""
     c = statement.c
-    rows = conn.execute(
-        select(c.tenant, c.period, c.currency, c.total, c.finalized_at)
-        .where(c.announced_at.is_(None))
-        .order_by(c.tenant, c.period)
-    )
+    query = select(c.tenant, c.period, c.currency, c.total, c.finalized_at)
+    if unannounced:
+        query = query.where(c.announced_at.is_(None))
+    rows = conn.execute(query.order_by(c.tenant, c.period))
     return [Finalised(t, Period.parse(p), cur, tot, at) for t, p, cur, tot, at in rows]
 
 

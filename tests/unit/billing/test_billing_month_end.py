@@ -32,6 +32,8 @@ from kubemeter_operator.events_api import StaticTokenStore, create_app
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.usage import Period
 
+from support.timetravel import apply_merge_patch
+
 OCT, NOV = Period(2026, 10), Period(2026, 11)
 PLAN = PricePlan.model_validate({"metadata": {"name": "std"}, "spec": {
     "currency": "USD", "platformFee": "10", "meters": [
@@ -56,19 +58,6 @@ class Recorder:
         self, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal"
     ) -> None:
         self.events.append((reason, message))
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies a merge patch to the status."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = apply_merge_patch(out.get(key), value)
-    return out
 
 
 def t(day: int, h: int, m: int, s: int = 0, month: int = 10) -> datetime:
