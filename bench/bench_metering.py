@@ -3,8 +3,10 @@
 A synthetic exporter (bench/synthetic_exporter.py, in a child process) serves 10,000
 series of each GPU counter with the contract's labels; a real Prometheus scrapes it every
 second; the cycle reads it and writes to a real ledger (SQLite by default, ``--db URL`` for
-PostgreSQL). Prints the cycle time split into Prometheus query, compute and ledger write,
-and the operator process's RSS. Targets (docs/PRODUCT.md): cycle <= 5 s, RSS <= 250 MB.
+PostgreSQL). Prints the metering cycle's time split into Prometheus query, compute and
+ledger write, then the bill step of the same operator cycle (terms, period close check,
+running statements of every tenant: `billing.biller.Biller.run`), and the operator
+process's RSS. Targets (docs/PRODUCT.md): cycle <= 5 s, RSS <= 250 MB.
 
     .venv/bin/python bench/bench_metering.py [--pods 10000] [--tenants 100] [--db URL]
 """
@@ -20,8 +22,9 @@ from pathlib import Path
 
 import procstat
 import synthetic_exporter
-from kubemeter_operator.api.priceplan import PricePlanSpec
+from kubemeter_operator.api.priceplan import PricePlan, PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
+from kubemeter_operator.billing.biller import Biller
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.pods import PodMeta, StaticPodDirectory
@@ -79,9 +82,13 @@ def main() -> int:
             scrape_margin=timedelta(seconds=10),
         )
         cycle = MeteringCycle(ledger, PrometheusClient(prom.url), pods, config)
+        biller = Biller(ledger)
+        by_name = {t.name: t for t in tenants}
+        priceplans = {"std": PricePlan.model_validate({"metadata": {"name": "std"},
+                                                       "spec": plans["std"].to_api()})}  # fmt: skip
         print(f"pods={args.pods} tenants={args.tenants} ledger={ledger.dialect}")
         print(f"{'cycle':>5} {'records':>8} {'total_s':>8} {'query_s':>8} {'compute_s':>9} "
-              f"{'write_s':>8} {'rss_mb':>7} {'peak_mb':>7}")  # fmt: skip
+              f"{'write_s':>8} {'bill_s':>7} {'rss_mb':>7} {'peak_mb':>7}")  # fmt: skip
         done = 0
         while done < args.cycles:
             start = time.perf_counter()
@@ -91,10 +98,14 @@ def main() -> int:
                 time.sleep(0.2)
                 continue
             done += 1
+            bill_start = time.perf_counter()
+            biller.run(datetime.now(UTC), by_name, priceplans, result.window.end)
+            bill = time.perf_counter() - bill_start
             rss, peak = procstat.memory_mb()
             print(
                 f"{done:>5} {result.accepted:>8} {total:>8.3f} {result.query_s:>8.3f} "
-                f"{result.compute_s:>9.3f} {result.write_s:>8.3f} {rss:>7.1f} {peak:>7.1f}"
+                f"{result.compute_s:>9.3f} {result.write_s:>8.3f} {bill:>7.3f} {rss:>7.1f} "
+                f"{peak:>7.1f}"
             )
             time.sleep(2.1)
         ledger.close()

@@ -82,10 +82,14 @@ class Biller:
         self.ledger = ledger
         self.grace = grace
         self._terms: dict[tuple[str, str], tuple[str, str]] = {}
+        self._finals: dict[tuple[str, Period], Statement] = {}
+        """Final statements already read (they never change)."""
 
     def forget(self, tenant: str) -> None:
         for key in [k for k in self._terms if k[0] == tenant]:
             del self._terms[key]
+        for final in [k for k in self._finals if k[0] == tenant]:
+            del self._finals[final]
 
     def run(
         self,
@@ -171,7 +175,11 @@ class Biller:
         except InputError:  # no terms for this period (no plan yet)
             bill.statement = None
         previous = period.previous()
-        final = final_statement(self.ledger, name, previous)
+        final = self._finals.get((name, previous))
+        if final is None:
+            final = final_statement(self.ledger, name, previous)
+            if final is not None:
+                self._finals[(name, previous)] = final
         if final is not None:
             bill.previous, bill.previous_final = final, True
         else:

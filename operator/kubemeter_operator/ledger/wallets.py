@@ -212,6 +212,8 @@ def settle(
             updated_at=now,
         )
     )
+    if take == 0:  # only what is due moved (the balance is empty): no money moved
+        return Settlement(period, currency, due, paid, ZERO, balance)
     seq = conn.execute(
         select(func.count())
         .select_from(wallet_entry)
