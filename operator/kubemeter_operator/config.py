@@ -37,10 +37,49 @@ class OperatorConfig(BaseModel):
     so events that arrive a little late still land on its invoice."""
     backdate_days: int = Field(default=35, ge=1, le=366)
     """The events API refuses usage timestamped more than this many days ago."""
+    # -- the events API's limits ---------------------------------------------------------
+    events_max_inflight: int = Field(default=256, ge=1, le=100_000)
+    """Requests handled at once; beyond it the API answers 503 with Retry-After."""
+    events_header_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    """A client must send its request line and headers within this time."""
+    events_body_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """A client must send its whole body within this time."""
+    events_auth_failures_per_minute: int = Field(default=20, ge=1, le=100_000)
+    """Failed authentications a client (IP) may make per minute before it gets 429."""
+    events_tls_secret: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+    )
+    """`namespace/name` of a kubernetes.io/tls Secret: serve the events API over TLS."""
+    # -- which counters are trusted -------------------------------------------------------
+    exporter_job: str = Field(default="kubemeter-exporter", min_length=1, max_length=200)
+    """The Prometheus scrape job of the exporter: GPU series from any other job are ignored."""
+    exporter_namespace: str | None = Field(default=None, max_length=63)
+    """Namespace of the exporter pods (default: the operator's own, $POD_NAMESPACE)."""
+    exporter_selector: str = Field(
+        default="app.kubernetes.io/component=exporter", min_length=1, max_length=500
+    )
+    """Label selector of the exporter pods (their node checks each series' `node`)."""
+    gpu_tolerance_s: float = Field(default=5.0, ge=0, le=3600)
+    """GPU milliseconds of one series may exceed the wall time of a delta by this much."""
+    max_token_rate: float = Field(default=1_000_000.0, gt=0)
+    """Tokens per second one counter series may grow by; more is quarantined."""
+    tombstone_days: float = Field(default=15.0, ge=1, le=3650)
+    """How long a vanished series is remembered (>= Prometheus' retention)."""
+    # -- one active operator ----------------------------------------------------------------
+    lease_name: str = Field(default="kubemeter-operator", min_length=1, max_length=253)
+    """The coordination.k8s.io Lease that elects the one replica that meters and bills."""
+    lease_namespace: str | None = Field(default=None, max_length=63)
+    """Namespace of the Lease (default: the operator's own, $POD_NAMESPACE)."""
+    lease_duration_s: float = Field(default=15.0, ge=2, le=600)
+    """A leader that has not renewed for this long has lost the lease."""
+    lease_renew_s: float = Field(default=5.0, gt=0, le=300)
+    """How often the leader renews (and a standby retries)."""
+    identity: str | None = Field(default=None, max_length=253)
+    """This replica's name in the Lease (default: $POD_NAME, else host and pid)."""
     kubeconfig: str | None = None
     """Kubeconfig path; in-cluster config when unset."""
     standalone: bool = False
-    """Run without kopf peering (a single replica)."""
+    """A single replica: no Lease, this process is always the leader."""
 
     @field_validator("events_listen")
     @classmethod

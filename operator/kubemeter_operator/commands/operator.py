@@ -32,6 +32,25 @@ def register(sub: Any) -> None:
         "--backdate-days", dest="backdate_days", type=int,
         help="oldest usage timestamp the events API accepts, in days (35)",
     )  # fmt: skip
+    for flag, dest, kind, help_ in (
+        ("--events-max-inflight", "events_max_inflight", int, "requests at once (256)"),
+        ("--events-header-timeout", "events_header_timeout_s", float, "seconds (10)"),
+        ("--events-body-timeout", "events_body_timeout_s", float, "seconds (30)"),
+        ("--events-auth-failures", "events_auth_failures_per_minute", int, "per IP/min (20)"),
+        ("--events-tls-secret", "events_tls_secret", str, "namespace/name of a TLS Secret"),
+        ("--exporter-job", "exporter_job", str, "scrape job of the exporter"),
+        ("--exporter-namespace", "exporter_namespace", str, "namespace of exporter pods"),
+        ("--exporter-selector", "exporter_selector", str, "label selector of exporter pods"),
+        ("--gpu-tolerance", "gpu_tolerance_s", float, "seconds of slack per GPU delta (5)"),
+        ("--max-token-rate", "max_token_rate", float, "tokens/s per series (1e6)"),
+        ("--tombstone-days", "tombstone_days", float, "days a vanished series is kept (15)"),
+        ("--lease-name", "lease_name", str, "the leader-election Lease"),
+        ("--lease-namespace", "lease_namespace", str, "its namespace"),
+        ("--lease-duration", "lease_duration_s", float, "seconds (15)"),
+        ("--lease-renew", "lease_renew_s", float, "seconds (5)"),
+        ("--identity", "identity", str, "this replica's holder identity"),
+    ):
+        parser.add_argument(flag, dest=dest, type=kind, help=help_)
     parser.add_argument("--kubeconfig")
     parser.add_argument("--standalone", action="store_true", default=None)
     parser.add_argument("--log-level", default="INFO")

@@ -28,9 +28,10 @@ class RecordResultLike(Protocol):
 class EventLedger(Protocol):
     """The ledger operations the events API uses.
 
-    - `record_events`: all-or-nothing and idempotent by event id; raises
-      `ConflictError(key=<id>)` when an id was recorded before with a different payload (or
-      by another tenant) and `TransientError` when the database is unavailable.
+    - `record_events`: all-or-nothing and idempotent by (tenant, event id); raises
+      `ConflictError(key=<id>)` when the tenant recorded that id before with a different
+      payload, `InputError` when a quantity would leave the ledger's bounds, and
+      `TransientError` when the database is unavailable.
     - `get_terms`, `period_totals`, `get_statement`: what `billing.statements` reads to
       answer `GET /v1/tenants/{name}/usage` (the final statement of a closed period, else
       the running one).

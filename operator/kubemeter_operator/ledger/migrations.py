@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     Connection,
     Date,
@@ -354,11 +355,89 @@ def _v4_wallet_periods(conn: Connection, now: datetime) -> None:
         )
 
 
+def _v5_trust(conn: Connection) -> None:
+    """Event ids unique per tenant; quantities CHECKed; a quarantine for bad deltas.
+
+    usage_event and usage_rollup are rebuilt (new primary key; CHECK constraints, which
+    SQLite cannot add to an existing table): rows are copied as they are.
+    """
+    md = MetaData()
+    Table(
+        "usage_event_v5",
+        md,
+        Column("event_id", String(200), primary_key=True),
+        Column("tenant", String(253), primary_key=True),
+        Column("at", UtcTimestamp, nullable=False),
+        Column("payload_hash", String(64), nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("recorded_at", UtcTimestamp, nullable=False),
+    )
+    checks = [CheckConstraint(f"{c} >= 0", name=f"ck_{c}_nonnegative") for c in QUANTITY_COLUMNS]
+    if conn.dialect.name == "sqlite":
+        checks += [CheckConstraint(f"typeof({c}) = 'integer'", name=f"ck_{c}_integer")
+                   for c in QUANTITY_COLUMNS]  # fmt: skip
+    Table(
+        "usage_rollup_v5",
+        md,
+        Column("tenant", String(253), primary_key=True),
+        Column("booked", String(7), primary_key=True),
+        Column("period", String(7), primary_key=True),
+        Column("day", Date, primary_key=True),
+        Column("kind", String(16), primary_key=True),
+        Column("model", String(200), primary_key=True),
+        Column("mig_profile", String(40), primary_key=True),
+        Column("name", String(100), primary_key=True),
+        *(Column(name, BigInteger, nullable=False) for name in QUANTITY_COLUMNS),
+        Column("custom", ExactDecimal, nullable=False),
+        *checks,
+    )
+    quarantine = Table(
+        "quarantine",
+        md,
+        Column("id", String(64), primary_key=True),
+        Column("tenant", String(253), nullable=False),
+        Column("source", String(200), nullable=False),
+        Column("series", String(1000), nullable=False),
+        Column("window_start", UtcTimestamp, nullable=False),
+        Column("window_end", UtcTimestamp, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("payload", Text, nullable=False),
+        Column("state", String(10), nullable=False),
+        Column("created_at", UtcTimestamp, nullable=False),
+        Column("decided_at", UtcTimestamp, nullable=True),
+        CheckConstraint("state IN ('held', 'released', 'discarded')", name="ck_quarantine_state"),
+    )
+    md.create_all(conn)
+    _copy(conn, "usage_event", "usage_event_v5",
+          ("event_id", "tenant", "at", "payload_hash", "payload", "recorded_at"))  # fmt: skip
+    _copy(conn, "usage_rollup", "usage_rollup_v5",
+          ("tenant", "booked", "period", "day", "kind", "model", "mig_profile", "name",
+           *QUANTITY_COLUMNS, "custom"))  # fmt: skip
+    for old, new in (("usage_event", "usage_event_v5"), ("usage_rollup", "usage_rollup_v5")):
+        conn.execute(text(f"DROP TABLE {old}"))
+        conn.execute(text(f"ALTER TABLE {new} RENAME TO {old}"))
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(f"ALTER TABLE {old} RENAME CONSTRAINT {new}_pkey TO {old}_pkey"))
+    ev = Table("usage_event", MetaData(), Column("tenant", String), Column("at", UtcTimestamp))
+    Index("ix_usage_event_tenant_at", ev.c.tenant, ev.c.at).create(conn)
+    ro = Table("usage_rollup", MetaData(), Column("booked", String), Column("tenant", String),
+               Column("day", Date))  # fmt: skip
+    Index("ix_usage_rollup_booked", ro.c.booked, ro.c.tenant).create(conn)
+    Index("ix_usage_rollup_day", ro.c.day).create(conn)
+    Index("ix_quarantine_state", quarantine.c.state, quarantine.c.tenant).create(conn)
+
+
+def _copy(conn: Connection, source: str, target: str, columns: tuple[str, ...]) -> None:
+    names = ", ".join(columns)
+    conn.execute(text(f"INSERT INTO {target} ({names}) SELECT {names} FROM {source}"))
+
+
 STEPS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_rollups,
     _v3_event_index,
     _v4_billing_over_time,
+    _v5_trust,
 ]
 HEAD = len(STEPS)
 

@@ -3,8 +3,8 @@
 `migrations.py` creates and upgrades these step by step; a test checks that a database
 migrated from scratch matches this metadata.
 
-- usage_event: one row per event id (events API, `kubemeter ledger record`). The id is the
-  idempotency key; payload_hash tells a replay from a conflicting reuse.
+- usage_event: one row per (tenant, event id) (events API, `kubemeter ledger record`). The
+  id is the tenant's idempotency key; payload_hash tells a replay from a conflicting reuse.
 - usage_window: one row per (tenant, source, series, window_start) from the metering loop.
 - usage_rollup: summed base quantities per (tenant, booked period, usage period, UTC day,
   usage key), maintained in the same transaction as the usage rows; totals and statements
@@ -21,12 +21,18 @@ migrated from scratch matches this metadata.
   `announced_at` is set once the PeriodClosed Event was posted.
 - wallet / wallet_entry / wallet_period: prepaid balances, their entries (top-ups, burns
   and refunds), and per period what is due and what the wallet has paid of it.
+- quarantine: counter deltas that broke a bound (more GPU time than wall time, tokens
+  faster than the configured rate): kept, never billed until an admin releases them.
+
+Quantities are 64-bit integers with CHECK constraints (non-negative; on SQLite also of
+integer type, so an overflowing sum fails instead of silently becoming a REAL).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     Date,
     ForeignKeyConstraint,
@@ -53,7 +59,7 @@ usage_event = Table(
     "usage_event",
     metadata,
     Column("event_id", String(200), primary_key=True),
-    Column("tenant", String(253), nullable=False),
+    Column("tenant", String(253), primary_key=True),
     Column("at", UtcTimestamp, nullable=False),
     Column("payload_hash", String(64), nullable=False),
     Column("payload", Text, nullable=False),
@@ -85,6 +91,18 @@ QUANTITY_COLUMNS = (
 )
 """Integer quantity columns of usage_rollup (plus the decimal `custom`)."""
 
+
+def quantity_checks(columns: tuple[str, ...]) -> list[CheckConstraint]:
+    """Every quantity is a non-negative 64-bit integer; SQLite (whose integers turn into
+    REAL on overflow) also checks the stored type."""
+    checks = [CheckConstraint(f"{c} >= 0", name=f"ck_{c}_nonnegative") for c in columns]
+    checks += [
+        CheckConstraint(f"typeof({c}) = 'integer'", name=f"ck_{c}_integer").ddl_if(dialect="sqlite")
+        for c in columns
+    ]
+    return checks
+
+
 usage_rollup = Table(
     "usage_rollup",
     metadata,
@@ -98,6 +116,7 @@ usage_rollup = Table(
     Column("name", String(100), primary_key=True),
     *(Column(name, BigInteger, nullable=False) for name in QUANTITY_COLUMNS),
     Column("custom", ExactDecimal, nullable=False),
+    *quantity_checks(QUANTITY_COLUMNS),
     Index("ix_usage_rollup_booked", "booked", "tenant"),
     Index("ix_usage_rollup_day", "day"),
 )
@@ -179,6 +198,25 @@ wallet_entry = Table(
     Column("created_at", UtcTimestamp, nullable=False),
     Column("period", String(7), nullable=True),
     ForeignKeyConstraint(["tenant"], ["wallet.tenant"]),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    # a digest of (tenant, source, series, window start): the same delta is held once
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(253), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("series", String(1000), nullable=False),
+    Column("window_start", UtcTimestamp, nullable=False),
+    Column("window_end", UtcTimestamp, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # the usage record held back (canonical JSON)
+    Column("state", String(10), nullable=False),  # held, released or discarded
+    Column("created_at", UtcTimestamp, nullable=False),
+    Column("decided_at", UtcTimestamp, nullable=True),
+    CheckConstraint("state IN ('held', 'released', 'discarded')", name="ck_quarantine_state"),
+    Index("ix_quarantine_state", "state", "tenant"),
 )
 
 wallet_period = Table(

@@ -103,12 +103,12 @@ WITH ev AS (
     SELECT ev.event_id, %(tenant)b::text, ev.at, ev.payload_hash, ev.payload,
            %(recorded_at)b::timestamptz
     FROM ev ORDER BY ev.ord
-    ON CONFLICT (event_id) DO UPDATE SET tenant = u.tenant
-        WHERE u.tenant <> excluded.tenant OR u.payload_hash <> excluded.payload_hash
+    ON CONFLICT (tenant, event_id) DO UPDATE SET tenant = u.tenant
+        WHERE u.payload_hash <> excluded.payload_hash
     RETURNING u.event_id, u.tenant, u.payload_hash
 ), res AS (
     SELECT ev.ord, ins.event_id, ins.tenant, ins.payload_hash,
-           ins.tenant = %(tenant)b::text AND ins.payload_hash = ev.payload_hash AS new
+           ins.payload_hash = ev.payload_hash AS new
     FROM ins JOIN ev ON ev.event_id = ins.event_id
 ), part AS (
     SELECT * FROM unnest(string_to_array(%(p_event)b::text, ',')::int4[],
@@ -160,8 +160,9 @@ and payloads joined with ASCII RS (chr(30), which event ids cannot hold and cano
 escapes), integers with commas. Dumping 100-element lists element by element costs the
 client more than the whole split costs the server.
 
-It inserts the new events; an id already recorded is left as it is, except that one with
-another tenant or payload hash is (harmlessly) "updated" so that it is returned. Exactly
+It inserts the new events; an id the tenant already recorded is left as it is, except that
+one with another payload hash is (harmlessly) "updated" so that it is returned. Ids are the
+tenant's own: another tenant's `req-1` is another event. Exactly
 the events inserted now are added to the daily rollups (each event's parts, summed per
 rollup row, upserted in key order). The result: the number inserted, plus the conflicting
 rows, if any; then the caller raises and its transaction rolls all of it back. ON CONFLICT
@@ -214,18 +215,18 @@ def _check_existing(
     tenant: str, prepared: dict[str, tuple[str, str, UsageRecord]], rows: Any
 ) -> None:
     for eid, owner, h in rows:
-        if owner != tenant:
-            raise ConflictError(eid, "the event id is already used by another tenant")
-        if h != prepared[eid][0]:
+        if owner == tenant and h != prepared[eid][0]:
             raise ConflictError(eid, "recorded earlier with a different payload")
 
 
-def _select_existing(conn: Connection, ids: list[str]) -> list[tuple[str, str, str]]:
+def _select_existing(conn: Connection, tenant: str, ids: list[str]) -> list[tuple[str, str, str]]:
     c = usage_event.c
     found: list[tuple[str, str, str]] = []
     for start in range(0, len(ids), _IN_CHUNK):
         chunk = ids[start : start + _IN_CHUNK]
-        stmt = select(c.event_id, c.tenant, c.payload_hash).where(c.event_id.in_(chunk))
+        stmt = select(c.event_id, c.tenant, c.payload_hash).where(
+            c.tenant == tenant, c.event_id.in_(chunk)
+        )
         found.extend((r[0], r[1], r[2]) for r in conn.execute(stmt))
     return found
 
@@ -253,13 +254,13 @@ def record_events(
     ]
     stmt = (
         _insert(conn, usage_event)
-        .on_conflict_do_nothing(index_elements=["event_id"])
+        .on_conflict_do_nothing(index_elements=["tenant", "event_id"])
         .returning(usage_event.c.event_id)
     )
     inserted = set(conn.execute(stmt, rows).scalars())
     missing = [eid for eid in ids if eid not in inserted]
     if missing:
-        _check_existing(tenant, prepared, _select_existing(conn, missing))
+        _check_existing(tenant, prepared, _select_existing(conn, tenant, missing))
     acc: rollup.Sums = {}
     for eid in ids:
         if eid in inserted:
@@ -328,7 +329,7 @@ def _pg_record_events(
     try:
         rows = pgfast.execute_alone(conn, _PG_RECORD_EVENTS, params)
     except psycopg.errors.DivisionByZero:  # a conflict: nothing was written
-        _check_existing(tenant, prepared, sorted(_select_existing(conn, ids)))
+        _check_existing(tenant, prepared, sorted(_select_existing(conn, tenant, ids)))
         raise TransientError(  # pragma: no cover - the conflicting row cannot vanish
             "ledger record events: a conflicting event id was not found; retry"
         ) from None

@@ -62,11 +62,30 @@ def test_conflict_names_the_id_and_writes_nothing(ledger: Ledger) -> None:
     assert ledger.period_totals("acme", NOV) == before
 
 
-def test_id_of_another_tenant_is_a_conflict(ledger: Ledger) -> None:
-    ledger.record_events("acme", recs(tok(1)))
-    with pytest.raises(ConflictError, match="another tenant"):
-        ledger.record_events("globex", recs(tok(1)))
-    assert ledger.period_totals("globex", NOV) == {}
+def test_event_ids_are_per_tenant(ledger: Ledger) -> None:
+    """Tenant B's `req-1` is its own event, whatever tenant A did with the same id."""
+    assert ledger.record_events("acme", recs(tok(1))).accepted == 1
+    assert ledger.record_events("globex", recs(tok(1))).accepted == 1
+    assert ledger.record_events("globex", recs(tok(1))).duplicates == 1
+    with pytest.raises(ConflictError, match="e1"):
+        ledger.record_events("globex", recs(tok(1, prompt=7)))
+    assert ledger.period_totals("globex", NOV) == ledger.period_totals("acme", NOV) != {}
+
+
+def test_totals_that_would_overflow_64_bits_are_an_input_error(ledger: Ledger) -> None:
+    """A sum past 2^63 - 1 is refused naming `quantity` (SQLite would otherwise turn the
+    integer column into a REAL); nothing of that batch is written."""
+    big = 10**15  # the largest count one record may carry
+    batches = [recs(*(tok(i * 1000 + j, prompt=big) for j in range(1000))) for i in range(10)]
+    for batch in batches[:9]:  # 9,000 x 10^15 still fits
+        ledger.record_events("acme", batch)
+    accepted = 9000
+    with pytest.raises(InputError) as err:  # 10,000 x 10^15 > 2^63 - 1
+        ledger.record_events("acme", batches[9])
+    assert err.value.field == "quantity"
+    (qty,) = ledger.period_totals("acme", NOV).values()
+    assert qty.prompt_tokens == accepted * big <= 2**63 - 1
+    assert type(qty.prompt_tokens) is int
 
 
 def test_conflict_within_one_batch(ledger: Ledger) -> None:
