@@ -6,7 +6,14 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kubemeter_operator.api.errors import format_validation_error
 from kubemeter_operator.errors import InputError
@@ -70,9 +77,9 @@ class OperatorConfig(BaseModel):
     """The coordination.k8s.io Lease that elects the one replica that meters and bills."""
     lease_namespace: str | None = Field(default=None, max_length=63)
     """Namespace of the Lease (default: the operator's own, $POD_NAMESPACE)."""
-    lease_duration_s: float = Field(default=15.0, ge=2, le=600)
+    lease_duration_s: float = Field(default=12.0, ge=2, le=600)
     """A leader that has not renewed for this long has lost the lease."""
-    lease_renew_s: float = Field(default=5.0, gt=0, le=300)
+    lease_renew_s: float = Field(default=3.0, gt=0, le=300)
     """How often the leader renews (and a standby retries)."""
     identity: str | None = Field(default=None, max_length=253)
     """This replica's name in the Lease (default: $POD_NAME, else host and pid)."""
@@ -90,6 +97,15 @@ class OperatorConfig(BaseModel):
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{value!r} is not host:port")
         return value
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> OperatorConfig:
+        if self.lease_renew_s * 2 > self.lease_duration_s:
+            raise ValueError(
+                "lease_renew_s: must be at most half of lease_duration_s (a leader renews "
+                "several times per lease, and stops acting before a standby may take over)"
+            )
+        return self
 
     @property
     def events_host_port(self) -> tuple[str, int] | None:

@@ -46,8 +46,8 @@ def register(sub: Any) -> None:
         ("--tombstone-days", "tombstone_days", float, "days a vanished series is kept (15)"),
         ("--lease-name", "lease_name", str, "the leader-election Lease"),
         ("--lease-namespace", "lease_namespace", str, "its namespace"),
-        ("--lease-duration", "lease_duration_s", float, "seconds (15)"),
-        ("--lease-renew", "lease_renew_s", float, "seconds (5)"),
+        ("--lease-duration", "lease_duration_s", float, "seconds (12)"),
+        ("--lease-renew", "lease_renew_s", float, "seconds (3)"),
         ("--identity", "identity", str, "this replica's holder identity"),
     ):
         parser.add_argument(flag, dest=dest, type=kind, help=help_)

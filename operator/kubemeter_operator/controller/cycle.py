@@ -53,16 +53,30 @@ class OperatorCycle:
         world: World,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        leading: Callable[[], bool] = lambda: True,
     ) -> None:
         self.metering = metering
         self.biller = biller
         self.reconciler = reconciler
         self.world = world
         self.clock = clock
+        self.leading = leading
+        """Whether this replica may act now (see `controller.leader`); a standby's cycle
+        does nothing."""
         self._stop = asyncio.Event()
         self._metered_until: datetime | None = None
 
+    def reset(self) -> None:
+        """Forget what this replica knew from before it was a standby: the ledger and the
+        API server are the truth when it starts leading."""
+        self._metered_until = None
+        self.metering.last_success = None
+        self.metering.last_result = None
+        self.reconciler.reset()
+
     async def run_once(self, now: datetime | None = None) -> CycleOutcome:
+        if not self.leading():  # a standby: the leader meters, bills and reports
+            return CycleOutcome(self.metering.interval_s)
         now = now or self.clock()
         wait = await self.metering.step(now)  # 1. meter
         result = self.metering.last_result
@@ -70,10 +84,14 @@ class OperatorCycle:
             return CycleOutcome(wait)
         tenants, plans = self.world()
         metered_until = await self._metered(now)
+        if not self.leading():  # lost the Lease while metering: write nothing more
+            return CycleOutcome(wait)
         billing = await asyncio.to_thread(  # 2. bill
             self.biller.run, now, tenants, plans, metered_until
         )
         # 3. decide -> enforce: budgets that stop the burn (the enforcement issue)
+        if not self.leading():
+            return CycleOutcome(wait, billing)
         facts = CycleFacts(now, metered_until, dict(self.metering.degraded))
         await self.reconciler.reconcile_all(tenants, plans, facts, billing)  # 4. report
         return CycleOutcome(wait, billing)

@@ -29,13 +29,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.client_timeout = 330
     settings.posting.level = logging.WARNING
     service = OperatorService(memo["config"])
+    memo["service"] = service  # watch events feed it even before it has started
     try:
         await service.start()
-    except TransientError as exc:
-        raise kopf.TemporaryError(str(exc), delay=5) from exc
-    except PermanentError as exc:
+    except TransientError as exc:  # the API server or the database is briefly away
+        log.warning("operator start failed, retrying in the background: %s", exc)
+        service.retry_start_in_background()
+    except PermanentError as exc:  # bad configuration or credentials: do not run
         raise kopf.PermanentError(str(exc)) from exc
-    memo["service"] = service
 
 
 @kopf.on.cleanup()
@@ -60,7 +61,9 @@ async def priceplan_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **
 
 
 async def run_operator(config: OperatorConfig) -> None:
-    """Run kopf with these handlers until it stops (the `kubemeter operator` command)."""
-    await kopf.operator(
-        clusterwide=True, standalone=config.standalone, memo=kopf.Memo(config=config)
-    )
+    """Run kopf with these handlers until it stops (the `kubemeter operator` command).
+
+    kopf runs standalone in every replica (all of them watch Tenants and PricePlans to
+    keep their caches warm and serve the events API); which replica acts is decided by our
+    own Lease (`controller.leader`), not by kopf peering."""
+    await kopf.operator(clusterwide=True, standalone=True, memo=kopf.Memo(config=config))

@@ -149,6 +149,11 @@ class TenantReconciler:
                 log.info("period %s of deleted tenant %s finalised", final.period, final.tenant)
             await asyncio.to_thread(self.ledger.mark_announced, final.tenant, final.period)
 
+    def reset(self) -> None:
+        """Forget every status written: start from what the API server holds."""
+        self._written.clear()
+        self._recent.clear()
+
     def forget(self, tenant: str) -> None:
         """A Tenant was deleted: drop what is cached for it."""
         self._recent.pop(tenant, None)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 import kubernetes
 import prometheus_client
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from kubemeter_operator.api.errors import format_validation_error
@@ -25,7 +28,9 @@ from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.billing.biller import Biller
 from kubemeter_operator.config import OperatorConfig
 from kubemeter_operator.controller.cycle import OperatorCycle
+from kubemeter_operator.controller.leader import LeaderElector
 from kubemeter_operator.controller.reconcile import TenantReconciler
+from kubemeter_operator.errors import KubemeterError, TransientError
 from kubemeter_operator.events_api.app import EventsApiConfig, create_app
 from kubemeter_operator.events_api.k8s_tokens import (
     KubernetesTokenStore,
@@ -33,6 +38,7 @@ from kubemeter_operator.events_api.k8s_tokens import (
 )
 from kubemeter_operator.events_api.server import serve
 from kubemeter_operator.kube.client import KubeWriter, list_world, load_api_client
+from kubemeter_operator.kube.lease import KubeLeaseStore
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.loop import MeteringLoop
@@ -60,9 +66,17 @@ class OperatorService:
         self.reconciler: TenantReconciler | None = None
         self.biller: Biller | None = None
         self.token_store: KubernetesTokenStore | None = None
+        self.elector: LeaderElector | None = None
+        self.registry = CollectorRegistry()
+        """The operator's own metrics (registered once per process, whatever start() does)."""
+        self.metering_metrics = MeteringMetrics(self.registry)
+        self.started = False
+        self._metrics_served = False
+        self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._pod_watch: PodMetadataWatch | None = None
+        self._retry: asyncio.Task[None] | None = None
 
     # -- watch events (from handlers) ---------------------------------------------------
 
@@ -108,6 +122,36 @@ class OperatorService:
         return list(self.tenants.values()), {n: p.spec for n, p in self.plans.items()}
 
     async def start(self) -> None:
+        """Start everything, or nothing: a failure part-way stops what was started, so a
+        retry (`start_with_retries`) begins from a clean slate."""
+        self._stopping = asyncio.Event()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        self.started = True
+
+    async def start_with_retries(
+        self, *, first_delay_s: float = 1.0, max_delay_s: float = 30.0
+    ) -> None:
+        """`start`, retried with exponential backoff while it fails transiently (the API
+        server or the database briefly away at start-up): no pod restart needed."""
+        delay = first_delay_s
+        while True:
+            try:
+                await self.start()
+                return
+            except TransientError as exc:
+                log.warning("operator start failed (retry in %.0fs): %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, max_delay_s)
+
+    def retry_start_in_background(self) -> None:
+        """Keep trying to start without blocking the caller (kopf keeps watching meanwhile)."""
+        self._retry = asyncio.create_task(self.start_with_retries(), name="operator-start")
+
+    async def _start(self) -> None:
         cfg = self.config
         api_client = load_api_client(cfg.kubeconfig)
         self.writer = KubeWriter(api_client)
@@ -120,17 +164,26 @@ class OperatorService:
             MeteringConfig(
                 step=timedelta(seconds=cfg.interval_s), lag=timedelta(seconds=cfg.lag_s)
             ),
-            metrics=MeteringMetrics(),
+            metrics=self.metering_metrics,
         )
         await self._seed(api_client)
         self.loop = MeteringLoop(cycle, self._inputs)
         self.biller = Biller(self.ledger, grace=timedelta(seconds=cfg.period_grace_s))
+        self.elector = None if cfg.standalone else self._elector(api_client)
+        elector = self.elector
         self.cycle = OperatorCycle(
-            self.loop, self.biller, self.reconciler, lambda: (dict(self.tenants), dict(self.plans))
+            self.loop,
+            self.biller,
+            self.reconciler,
+            lambda: (dict(self.tenants), dict(self.plans)),
+            leading=(lambda: elector.leading) if elector is not None else (lambda: True),
         )
+        if elector is not None:
+            self._tasks.append(asyncio.create_task(elector.run(self._stopping), name="lease"))
         self._tasks.append(asyncio.create_task(self.cycle.run(), name="operator-cycle"))
-        if cfg.metrics_port:
-            prometheus_client.start_http_server(cfg.metrics_port)
+        if cfg.metrics_port and not self._metrics_served:
+            prometheus_client.start_http_server(cfg.metrics_port, registry=self.registry)
+            self._metrics_served = True
         listen = cfg.events_host_port
         if listen is not None:
             core = kubernetes.client.CoreV1Api(api_client)
@@ -146,6 +199,26 @@ class OperatorService:
             )
             self._runner = await serve(app, host=listen[0], port=listen[1])
         log.info("kubemeter operator started (ledger %s)", self.ledger.dialect)
+
+    def _elector(self, api_client: Any) -> LeaderElector:
+        cfg = self.config
+        namespace = cfg.lease_namespace or os.environ.get("POD_NAMESPACE") or "default"
+        identity = (
+            cfg.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        )
+        loop = asyncio.get_running_loop()
+
+        def changed(leading: bool) -> None:  # called from the elector's thread
+            if leading and self.cycle is not None:
+                loop.call_soon_threadsafe(self.cycle.reset)
+
+        return LeaderElector(
+            KubeLeaseStore(api_client, namespace, cfg.lease_name),
+            identity,
+            duration_s=cfg.lease_duration_s,
+            renew_s=cfg.lease_renew_s,
+            on_change=changed,
+        )
 
     async def _seed(self, api_client: Any) -> None:
         """List Tenants, PricePlans and pods before the first metering cycle, so a
@@ -167,16 +240,33 @@ class OperatorService:
         )
 
     async def stop(self) -> None:
+        """Stop whatever was started (idempotent; also after a failed start)."""
+        self.started = False
+        if self._retry is not None and self._retry is not asyncio.current_task():
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._retry
+            self._retry = None
+        self._stopping.set()
         if self.cycle is not None:
             self.cycle.stop()
         if self._pod_watch is not None:
             await asyncio.to_thread(self._pod_watch.stop)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.elector is not None:  # give the Lease up so a standby takes over at once
+            with contextlib.suppress(KubemeterError):
+                await asyncio.to_thread(self.elector.release)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._tasks = []
+        self._runner = None
+        self._pod_watch = None
+        self.cycle = None
+        self.elector = None
         if self.ledger is not None:
             await asyncio.to_thread(self.ledger.close)
+            self.ledger = None

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import sqlite3
 
 import psycopg
 from sqlalchemy import exc as sa_exc
