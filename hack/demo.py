@@ -59,7 +59,7 @@ class Demo:
         self.kubeconfig = ""
         self.db = f"sqlite:///{state / 'ledger.db'}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.tokens = {"acme": secrets.token_urlsafe(24), "globex": secrets.token_urlsafe(24)}
+        self.tokens = {"acme": secrets.token_urlsafe(32), "globex": secrets.token_urlsafe(32)}
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         res = subprocess.run(

@@ -9,14 +9,32 @@ Every error is a JSON object `{"status": 400, "error": "events[3].promptTokens: 
 ledger records a batch all-or-nothing, and every check here runs before it is called). Usage
 timestamped more than `max_future` ahead of the API's clock, or more than `max_backdate`
 behind it, is refused with 422 naming the field (`events[3].timestamp`).
+
+Limits against hostile or broken clients (`EventsApiConfig`; the header-side ones are applied
+by `server.serve`):
+- more than `max_inflight` requests at once: 503 with `Retry-After` at once (`limits`);
+- more than `auth_failures_per_minute` failed authentications from one client IP: 429 with
+  `Retry-After`, the token not even looked at (`limits`);
+- a body not received within `body_timeout_s`: 408 naming `body`, connection closed;
+  a body over `max_body_bytes`: 413 before it is read; a malformed or truncated body: 400;
+- request line and headers: `header_timeout_s`, `max_line_size`, `max_field_size`,
+  `max_headers` (`server.serve`; 400 or a closed connection);
+- JSON parsing and validation of a batch run on a small thread pool, never on the event
+  loop, so one large batch cannot stall every other connection and the health check.
+
+This module must never block the event loop (ledger calls and parsing go to thread pools),
+read a body before authenticating its sender, or answer an error without naming the field or
+header it is about.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,9 +43,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from kubemeter_operator.api.usage import UsageRecord
 from kubemeter_operator.billing import statements as billing_statements
 from kubemeter_operator.errors import ConflictError, InputError, TransientError
 from kubemeter_operator.events_api.auth import TokenStore, bearer_token
+from kubemeter_operator.events_api.limits import FailureLimiter, InflightLimit, client_key
 from kubemeter_operator.events_api.ports import EventLedger, TenantsProvider
 from kubemeter_operator.events_api.validation import (
     ApiError,
@@ -58,9 +78,56 @@ class EventsApiConfig:
     """Usage timestamped further than this ahead of the API's clock is refused (422)."""
     max_backdate: timedelta = timedelta(days=35)
     """Usage timestamped further than this behind the API's clock is refused (422)."""
+    max_inflight: int = 256
+    """Requests handled at once (from their headers to their response); one more is
+    answered 503 with `Retry-After: overload_retry_after_s` at once, never queued."""
+    overload_retry_after_s: int = 1
+    """Retry-After of the 503 of a request beyond `max_inflight`."""
+    header_timeout_s: float = 10.0
+    """A client must send its request line and headers within this time of connecting (or
+    of its previous response on a kept-alive connection), else the connection is closed.
+    Also the idle keep-alive timeout (`server.serve` applies it)."""
+    body_timeout_s: float = 30.0
+    """A client must send its whole body within this time of its headers (408 after)."""
+    max_line_size: int = 4096
+    """Longest request line, in bytes (400 above; `server.serve` applies it)."""
+    max_field_size: int = 8190
+    """Longest header line, in bytes (400 above; `server.serve` applies it)."""
+    max_headers: int = 128
+    """Most header lines in a request (400 above; `server.serve` applies it)."""
+    auth_failures_per_minute: int = 20
+    """Failed authentications one client IP may make per minute (a burst of this many, then
+    one every 60/N s); beyond it 429 with Retry-After, without checking the token."""
+    auth_failure_clients: int = 10_000
+    """Most clients whose failures are remembered (least recently failed forgotten first)."""
+    parse_threads: int = 2
+    """Threads that parse and validate request bodies (kept off the event loop)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_events",
+            "max_body_bytes",
+            "ledger_threads",
+            "max_inflight",
+            "overload_retry_after_s",
+            "max_line_size",
+            "max_field_size",
+            "max_headers",
+            "auth_failures_per_minute",
+            "auth_failure_clients",
+            "parse_threads",
+        ):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name}: must be at least 1, not {value}")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name}: must be more than 0 seconds, not {value}")
 
 
 CONFIG_KEY = web.AppKey("kubemeter_events_api_config", EventsApiConfig)
+INFLIGHT_KEY = web.AppKey("kubemeter_events_api_inflight", InflightLimit)
 _STATE_KEY = web.AppKey("kubemeter_events_api_state", object)
 
 
@@ -72,6 +139,8 @@ class _State:
     config: EventsApiConfig
     clock: Callable[[], datetime]
     executor: ThreadPoolExecutor
+    parse_executor: ThreadPoolExecutor
+    auth_failures: FailureLimiter
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a ledger method: awaited if async, else on the API's thread pool."""
@@ -111,9 +180,16 @@ async def _errors(
         return await handler(request)
     except ApiError as exc:
         response = _json(exc.status, exc.body(), exc.headers)
-        if exc.status == 413:
+        if exc.status == 413 or exc.close:
             # The body was not read: close rather than drain it for keep-alive.
             response.force_close()
+        if exc.close:
+            # A client too slow (or too broken) to deserve aiohttp's lingering read of the
+            # rest of its body: send the answer and hang up now.
+            with contextlib.suppress(ConnectionError):  # the client may be gone already
+                await response.prepare(request)
+                await response.write_eof()
+            request.protocol.force_close()
         return response
     except web.HTTPException as exc:
         if exc.status == 413:
@@ -126,12 +202,30 @@ async def _errors(
         return _json(500, {"status": 500, "error": "internal error"})
 
 
+AUTHORIZATION = "Authorization"
+
+
 async def _authenticate(request: web.Request, state: _State) -> str:
-    token = bearer_token(request.headers.get("Authorization"))
+    """The tenant of the request's bearer token. A client over its failed-authentication
+    budget gets 429 before its token is looked at; each 401 spends one of that budget."""
+    client = client_key(request.remote)
+    wait = state.auth_failures.retry_after(client)
+    if wait:
+        raise ApiError(
+            429,
+            f"{AUTHORIZATION}: too many failed authentications from {client} (more than "
+            f"{state.auth_failures.per_minute} a minute); retry in {wait} s",
+            field=AUTHORIZATION,
+            headers={"Retry-After": str(wait)},
+            extra={"retryAfterSeconds": wait},
+        )
+    token = bearer_token(request.headers.get(AUTHORIZATION))
     if token is None:
+        state.auth_failures.failed(client)
         raise ApiError(
             401,
-            "missing bearer token (Authorization: Bearer <token>)",
+            f"{AUTHORIZATION}: missing bearer token (expected `Bearer <token>`)",
+            field=AUTHORIZATION,
             headers={"WWW-Authenticate": 'Bearer realm="kubemeter"'},
         )
     try:
@@ -141,16 +235,19 @@ async def _authenticate(request: web.Request, state: _State) -> str:
     if tenant is not None and state.tenants is not None and tenant not in state.tenants():
         tenant = None  # the tenant is gone; its token went with it
     if tenant is None:
+        state.auth_failures.failed(client)
         raise ApiError(
             401,
-            "invalid token",
+            f"{AUTHORIZATION}: invalid token",
+            field=AUTHORIZATION,
             headers={"WWW-Authenticate": 'Bearer realm="kubemeter", error="invalid_token"'},
         )
     return tenant
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refusing (413) one over `limit` bytes before reading or parsing it."""
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refusing (413) one over `limit` bytes before reading or parsing it, (408)
+    one not received within `timeout_s`, and (400) a truncated or malformed one."""
     too_large = ApiError(
         413,
         f"body: larger than the limit of {limit} bytes",
@@ -162,28 +259,50 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         raise too_large
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = await request.content.read(64 * 1024)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                chunk = await request.content.read(64 * 1024)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise ApiError(
+            408,
+            f"body: not received within the body timeout of {timeout_s:g} s ({size} bytes arrived)",
+            field="body",
+            extra={"bodyTimeoutSeconds": timeout_s},
+            close=True,
+        ) from exc
+    except (web.RequestPayloadError, ConnectionError) as exc:
+        raise ApiError(
+            400, f"body: incomplete or malformed: {exc}", field="body", close=True
+        ) from exc
     return b"".join(chunks)
+
+
+def _decode_batch(
+    body: bytes, *, tenant: str, config: EventsApiConfig, now: datetime
+) -> list[UsageRecord]:
+    """Parse and check a batch (CPU work: runs on the parse thread pool)."""
+    document = parse_json(body)
+    records = parse_batch(document, tenant=tenant, max_events=config.max_events)
+    check_times(records, now=now, max_future=config.max_future, max_backdate=config.max_backdate)
+    return records
 
 
 async def post_events(request: web.Request) -> web.Response:
     state = _state(request)
     tenant = await _authenticate(request, state)
-    body = await _read_body(request, state.config.max_body_bytes)
-    document = parse_json(body)
-    records = parse_batch(document, tenant=tenant, max_events=state.config.max_events)
-    check_times(
-        records,
-        now=state.clock(),
-        max_future=state.config.max_future,
-        max_backdate=state.config.max_backdate,
+    body = await _read_body(request, state.config.max_body_bytes, state.config.body_timeout_s)
+    records: list[UsageRecord] = await asyncio.get_running_loop().run_in_executor(
+        state.parse_executor,
+        functools.partial(
+            _decode_batch, body, tenant=tenant, config=state.config, now=state.clock()
+        ),
     )
     if not records:
         return _json(202, {"accepted": 0, "duplicates": 0})
@@ -245,19 +364,27 @@ def create_app(
     *,
     config: EventsApiConfig | None = None,
     clock: Callable[[], datetime] = _utcnow,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """The events API as an aiohttp application (serve it with `serve()` or a test server).
 
     `tenants_provider`, when given, is consulted on every request: a token whose tenant no
-    longer exists is refused even before the token store has refreshed.
+    longer exists is refused even before the token store has refreshed. `clock` is the
+    wall clock of the timestamp checks, `monotonic` the clock of the failed-authentication
+    limit.
     """
     cfg = config or EventsApiConfig()
+    inflight = InflightLimit(cfg.max_inflight, cfg.overload_retry_after_s)
     # aiohttp's own limit is a backstop; our handler refuses oversized bodies first.
-    app = web.Application(middlewares=[_errors], client_max_size=cfg.max_body_bytes + 1)
+    app = web.Application(middlewares=[_errors, inflight], client_max_size=cfg.max_body_bytes + 1)
     executor = ThreadPoolExecutor(
         max_workers=cfg.ledger_threads, thread_name_prefix="kubemeter-events-api"
     )
+    parse_executor = ThreadPoolExecutor(
+        max_workers=cfg.parse_threads, thread_name_prefix="kubemeter-events-parse"
+    )
     app[CONFIG_KEY] = cfg
+    app[INFLIGHT_KEY] = inflight
     app[_STATE_KEY] = _State(
         ledger=ledger,
         tokens=token_store,
@@ -265,9 +392,14 @@ def create_app(
         config=cfg,
         clock=clock,
         executor=executor,
+        parse_executor=parse_executor,
+        auth_failures=FailureLimiter(
+            cfg.auth_failures_per_minute, max_clients=cfg.auth_failure_clients, monotonic=monotonic
+        ),
     )
 
     async def _shutdown(_app: web.Application) -> None:
+        parse_executor.shutdown(wait=True, cancel_futures=False)
         executor.shutdown(wait=True, cancel_futures=False)
 
     app.on_cleanup.append(_shutdown)

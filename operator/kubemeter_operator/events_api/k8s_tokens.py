@@ -8,7 +8,16 @@ within seconds without letting bad tokens hammer the API server).
 
 A Secret that cannot be read because the API server is unavailable keeps its tenant's
 previous token (a hiccup must not lock tenants out); a Secret that is gone, lacks the key
-or is empty removes the tenant's token. Problems per tenant are kept in `problems`.
+or is empty removes the tenant's token. A token that `auth.token_weakness` calls weak
+(shorter than 32 bytes, few distinct characters, a repeated pattern, a placeholder) is
+refused: it never authenticates. Problems per tenant are kept in `problems` (why, for a
+person) and `problem_reasons` (a stable CamelCase reason, for a Tenant condition).
+
+Concurrent refreshes coalesce: many requests with unknown tokens arriving at once cause one
+read of the Secrets, not one each.
+
+Never keep a plaintext token (only digests), never log one, and never let a weak or shared
+token authenticate.
 
 RBAC: the operator needs `get` on the referenced Secrets (a Role in their namespace).
 """
@@ -26,10 +35,16 @@ from concurrent.futures import Executor
 from typing import Any
 
 from kubemeter_operator.errors import TransientError
-from kubemeter_operator.events_api.auth import TokenIndex, token_digest
+from kubemeter_operator.events_api.auth import TokenIndex, token_digest, token_weakness
 from kubemeter_operator.events_api.ports import TenantsProvider
 
 log = logging.getLogger(__name__)
+
+SECRET_UNREADABLE = "SecretUnreadable"
+SECRET_NOT_FOUND = "SecretNotFound"
+TOKEN_KEY_MISSING = "TokenKeyMissing"
+WEAK_TOKEN = "WeakToken"
+SHARED_TOKEN = "SharedToken"
 
 SecretReader = Callable[[str, str], "dict[str, str] | None"]
 """(namespace, name) -> the Secret's base64 `data`, None when it does not exist; raises
@@ -96,10 +111,19 @@ class KubernetesTokenStore:
         self._index: TokenIndex | None = None
         self._digests: dict[str, bytes] = {}
         self._last_refresh = float("-inf")
+        self._generation = 0  # refreshes started so far (to coalesce concurrent ones)
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self.problems: dict[str, str] = {}
-        """Tenant -> why it has no usable token (missing Secret, key, shared token...)."""
+        """Tenant -> why its token is missing or refused, in words (never the token itself).
+
+        Only tenants that name a Secret (`spec.apiTokenSecretRef`) appear: one without a
+        reference has chosen not to use the events API. Replaced as a whole on each refresh."""
+        self.problem_reasons: dict[str, str] = {}
+        """Tenant -> a stable reason for the same problem, for a Tenant condition:
+        `SecretUnreadable` (the API server could not be asked; the last known token is kept),
+        `SecretNotFound`, `TokenKeyMissing` (no such key, empty, not UTF-8), `WeakToken`
+        (refused by `auth.token_weakness`), `SharedToken` (another tenant has the same one)."""
 
     @property
     def loaded(self) -> bool:
@@ -111,21 +135,29 @@ class KubernetesTokenStore:
 
     async def authenticate(self, token: str) -> str | None:
         if self._index is None:
-            await self.refresh()
+            await self._refresh(unless_since=self._generation)
         index = self._index
-        if index is None:  # pragma: no cover - refresh always sets it or raises
+        if index is None:  # a concurrent first load failed
             raise TransientError("API tokens are not loaded yet")
         tenant = index.lookup(token)
         if tenant is None and (
             self._monotonic() - self._last_refresh >= self._miss_refresh_interval_s
         ):
-            await self.refresh()
+            await self._refresh(unless_since=self._generation)
             tenant = self._index.lookup(token) if self._index is not None else None
         return tenant
 
     async def refresh(self) -> None:
         """Re-read every referenced Secret and rebuild the index."""
+        await self._refresh(unless_since=None)
+
+    async def _refresh(self, *, unless_since: int | None) -> None:
+        """Refresh, unless `unless_since` is given and a refresh has started since that
+        generation (a request that waited for the lock is served by the refresh before it)."""
         async with self._lock:
+            if unless_since is not None and self._generation != unless_since:
+                return
+            self._generation += 1
             self._last_refresh = self._monotonic()
             loop = asyncio.get_running_loop()
             try:
@@ -144,6 +176,12 @@ class KubernetesTokenStore:
         failed: dict[tuple[str, str], str] = {}
         digests: dict[str, bytes] = {}
         problems: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+
+        def problem(tenant: str, reason: str, message: str) -> None:
+            problems[tenant] = message
+            reasons[tenant] = reason
+
         for name, tenant in sorted(tenants.items()):
             ref = tenant.spec.api_token_secret_ref
             if ref is None:
@@ -157,18 +195,30 @@ class KubernetesTokenStore:
             if where in failed:
                 if name in self._digests:  # keep the last known token through a hiccup
                     digests[name] = self._digests[name]
-                problems[name] = failed[where]
+                problem(name, SECRET_UNREADABLE, failed[where])
                 continue
             data = secrets[where]
             if data is None:
-                problems[name] = f"secret {ref.namespace}/{ref.name} not found"
+                problem(name, SECRET_NOT_FOUND, f"secret {ref.namespace}/{ref.name} not found")
                 continue
             raw = data.get(ref.key)
             token = _decode(raw) if raw is not None else None
             if token is None:
-                problems[name] = (
+                problem(
+                    name,
+                    TOKEN_KEY_MISSING,
                     f"secret {ref.namespace}/{ref.name} has no usable (non-empty, UTF-8) "
-                    f"key {ref.key!r}"
+                    f"key {ref.key!r}",
+                )
+                continue
+            weakness = token_weakness(token)
+            if weakness is not None:
+                problem(
+                    name,
+                    WEAK_TOKEN,
+                    f"the API token in secret {ref.namespace}/{ref.name} key {ref.key!r} is "
+                    f"too weak and is refused: {weakness}; generate one with "
+                    "`openssl rand -base64 32`",
                 )
                 continue
             digests[name] = token_digest(token)
@@ -176,10 +226,11 @@ class KubernetesTokenStore:
             raise TransientError("; ".join(sorted(set(failed.values()))))
         index = TokenIndex(digests.items())
         for name in index.ambiguous:
-            problems[name] = "its API token is also another tenant's token; refusing it"
+            problem(name, SHARED_TOKEN, "its API token is also another tenant's token; refusing it")
         self._digests = digests
         self._index = index
         self.problems = problems
+        self.problem_reasons = reasons
 
     async def run(self) -> None:
         """Refresh every `refresh_interval_s` and whenever `tenants_changed()` is called.

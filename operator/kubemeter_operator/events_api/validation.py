@@ -37,7 +37,10 @@ MAX_REPORTED_ISSUES = 50
 
 
 class ApiError(Exception):
-    """An error response: status, message, the field it is about, details, headers."""
+    """An error response: status, message, the field it is about, details, headers.
+
+    `close` asks for the connection to be closed after the response (the request body was
+    not read to its end, e.g. a body timeout)."""
 
     def __init__(
         self,
@@ -48,8 +51,10 @@ class ApiError(Exception):
         details: list[dict[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
+        self.close = close
         self.status = status
         self.message = message
         self.field = field

@@ -3,71 +3,32 @@ PostgreSQL), driven by real HTTP requests from several threads."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from aiohttp import web
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
-from kubemeter_operator.events_api import (
-    EventsApiConfig,
-    StaticTokenStore,
-    bound_port,
-    create_app,
-    serve,
-)
+from kubemeter_operator.events_api import EventsApiConfig, StaticTokenStore, create_app
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.usage.periods import Period
 
 from support.postgres import ledger_url, postgres_url  # noqa: F401  (fixtures)
+
+if TYPE_CHECKING:
+    from conftest import ServeApi, ServedApi
 
 pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC)
 PERIOD = Period(2026, 11)
 TOKENS = {"acme": "acme-token-0123456789abcdef", "globex": "globex-token-0123456789abcdef"}
-PLAN = PricePlanSpec.model_validate(
-    {
-        "currency": "USD",
-        "meters": [
-            {
-                "name": "completion",
-                "kind": "completionTokens",
-                "unit": "token",
-                "pricing": {"model": "flat", "unitPrice": "0.001"},
-            }
-        ],
-    }
-)
-
-
-class ServedApi:
-    """The app on its own event loop in a background thread, on a free 127.0.0.1 port."""
-
-    def __init__(self, app: web.Application) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.runner = asyncio.run_coroutine_threadsafe(
-            serve(app, host="127.0.0.1", port=0), self.loop
-        ).result(timeout=30)
-        self.port = bound_port(self.runner)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-        self.loop.close()
 
 
 def request(
@@ -96,25 +57,23 @@ def event(i: int, tokens: int = 10) -> dict[str, Any]:
 
 
 @pytest.fixture
-def ledger(ledger_url: str) -> Iterator[Ledger]:  # noqa: F811
+def ledger(ledger_url: str, completion_plan: PricePlanSpec) -> Iterator[Ledger]:  # noqa: F811
     led = Ledger.open(ledger_url)
     for tenant in TOKENS:
-        led.set_terms(tenant, PERIOD, PLAN)
+        led.set_terms(tenant, PERIOD, completion_plan)
     yield led
     led.close()
 
 
 @pytest.fixture
-def served(ledger: Ledger) -> Iterator[ServedApi]:
+def served(ledger: Ledger, serve_api: ServeApi) -> ServedApi:
     app = create_app(
         ledger,
         StaticTokenStore(TOKENS),
         config=EventsApiConfig(max_body_bytes=256 * 1024),
         clock=lambda: NOW,
     )
-    api = ServedApi(app)
-    yield api
-    api.close()
+    return serve_api(app)
 
 
 def completion_tokens(ledger: Ledger, tenant: str) -> int:

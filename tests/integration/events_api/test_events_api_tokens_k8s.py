@@ -18,6 +18,10 @@ from support.cluster import KubeCluster
 
 pytestmark = pytest.mark.integration
 
+# Tokens read from Secrets must be strong (>= 32 bytes, not a pattern or placeholder).
+FIRST = "acme-1st-Zq8vN3kLx7TbW2pRf9HmC4sGj6Ud0oYe"
+SECOND = "acme-2nd-Hc5tP1wQz9RkM7vXb3NfL8sJd2Ga6eUy"
+
 
 def secret(namespace: str, name: str, token: str) -> dict[str, Any]:
     return {
@@ -45,7 +49,7 @@ def test_tokens_from_real_secrets(kube_cluster: KubeCluster) -> None:
     ns = f"km-tokens-{uuid.uuid4().hex[:8]}"
     kube_cluster.kubectl_ok("create", "namespace", ns)
     try:
-        kube_cluster.apply(secret(ns, "acme-api", "acme-first-token"))
+        kube_cluster.apply(secret(ns, "acme-api", FIRST))
         api_client = config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=kube_cluster.kubeconfig
         )
@@ -54,10 +58,10 @@ def test_tokens_from_real_secrets(kube_cluster: KubeCluster) -> None:
         store = KubernetesTokenStore(lambda: tenants, reader, miss_refresh_interval_s=0)
 
         async def scenario() -> list[str | None]:
-            out = [await store.authenticate("acme-first-token")]
-            kube_cluster.apply(secret(ns, "acme-api", "acme-second-token"))
-            out.append(await store.authenticate("acme-second-token"))  # refresh on miss
-            out.append(await store.authenticate("acme-first-token"))
+            out = [await store.authenticate(FIRST)]
+            kube_cluster.apply(secret(ns, "acme-api", SECOND))
+            out.append(await store.authenticate(SECOND))  # refresh on miss
+            out.append(await store.authenticate(FIRST))
             return out
 
         assert asyncio.run(scenario()) == ["acme", "acme", None]

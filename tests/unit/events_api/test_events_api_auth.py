@@ -1,10 +1,14 @@
 """Bearer tokens: header parsing, the digest index, the static and the Kubernetes-backed
-token stores (the latter with an in-memory Secret reader; no API server needed)."""
+token stores (the latter with an in-memory Secret reader; no API server needed).
+
+Tokens read from Secrets must be strong (`token_weakness`), so those tests use `strong(...)`
+tokens; the weak-token rule itself is tested in `test_events_api_hardening.py`."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +22,7 @@ from kubemeter_operator.events_api import (
     TokenIndex,
     bearer_token,
     token_digest,
+    token_weakness,
 )
 
 
@@ -30,6 +35,18 @@ def tenant(name: str, secret: str | None = None, key: str = "token") -> Tenant:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def strong(seed: str) -> str:
+    """A strong, deterministic token (43 base64url characters of a SHA-256)."""
+    token = base64.urlsafe_b64encode(hashlib.sha256(seed.encode()).digest()).decode()
+    token = token.rstrip("=")
+    assert token_weakness(token) is None
+    return token
+
+
+ACME, GLOBEX, INITECH = strong("acme"), strong("globex"), strong("initech")
+OLD, NEW = strong("old"), strong("new")
 
 
 class Secrets:
@@ -112,14 +129,14 @@ def test_kubernetes_store_reads_the_referenced_secrets() -> None:
     }
     secrets = Secrets(
         {
-            ("kubemeter", "acme-token"): {"token": b64("acme-tok\n")},
-            ("kubemeter", "shared"): {"globex": b64("globex-tok"), "initech": b64("ini-tok")},
+            ("kubemeter", "acme-token"): {"token": b64(ACME + "\n")},
+            ("kubemeter", "shared"): {"globex": b64(GLOBEX), "initech": b64(INITECH)},
         }
     )
     store = make_store(tenants, secrets)
 
     async def scenario() -> list[str | None]:
-        return [await store.authenticate(t) for t in ("acme-tok", "globex-tok", "ini-tok", "nope")]
+        return [await store.authenticate(t) for t in (ACME, GLOBEX, INITECH, strong("nope"))]
 
     assert asyncio.run(scenario()) == ["acme", "globex", "initech", None]
     assert secrets.reads == 3  # the shared Secret is read once; "none" has no ref
@@ -129,18 +146,18 @@ def test_kubernetes_store_reads_the_referenced_secrets() -> None:
 
 def test_unknown_token_refreshes_at_most_every_few_seconds() -> None:
     tenants = {"acme": tenant("acme", "s")}
-    secrets = Secrets({("kubemeter", "s"): {"token": b64("old")}})
+    secrets = Secrets({("kubemeter", "s"): {"token": b64(OLD)}})
     clock = Clock()
     store = make_store(tenants, secrets, clock)
 
     async def scenario() -> list[str | None]:
-        out = [await store.authenticate("old")]
-        secrets.secrets[("kubemeter", "s")] = {"token": b64("new")}
+        out = [await store.authenticate(OLD)]
+        secrets.secrets[("kubemeter", "s")] = {"token": b64(NEW)}
         clock.t += 1
-        out.append(await store.authenticate("new"))  # too soon to refresh again
+        out.append(await store.authenticate(NEW))  # too soon to refresh again
         clock.t += 5
-        out.append(await store.authenticate("new"))  # refreshed on the miss
-        out.append(await store.authenticate("old"))  # rotated away
+        out.append(await store.authenticate(NEW))  # refreshed on the miss
+        out.append(await store.authenticate(OLD))  # rotated away
         return out
 
     assert asyncio.run(scenario()) == ["acme", None, "acme", None]
@@ -148,14 +165,14 @@ def test_unknown_token_refreshes_at_most_every_few_seconds() -> None:
 
 def test_api_server_hiccup_keeps_the_last_known_tokens() -> None:
     tenants = {"acme": tenant("acme", "s")}
-    secrets = Secrets({("kubemeter", "s"): {"token": b64("tok")}})
+    secrets = Secrets({("kubemeter", "s"): {"token": b64(ACME)}})
     store = make_store(tenants, secrets)
 
     async def scenario() -> list[str | None]:
-        out = [await store.authenticate("tok")]
+        out = [await store.authenticate(ACME)]
         secrets.down = True
         await store.refresh()
-        out.append(await store.authenticate("tok"))
+        out.append(await store.authenticate(ACME))
         return out
 
     assert asyncio.run(scenario()) == ["acme", "acme"]
@@ -167,20 +184,20 @@ def test_never_loaded_is_transient() -> None:
     secrets.down = True
     store = make_store({"acme": tenant("acme", "s")}, secrets)
     with pytest.raises(TransientError):
-        asyncio.run(store.authenticate("tok"))
+        asyncio.run(store.authenticate(ACME))
     assert not store.loaded
 
 
 def test_deleted_tenant_loses_its_token_on_refresh() -> None:
     tenants = {"acme": tenant("acme", "s")}
-    secrets = Secrets({("kubemeter", "s"): {"token": b64("tok")}})
+    secrets = Secrets({("kubemeter", "s"): {"token": b64(ACME)}})
     store = make_store(tenants, secrets)
 
     async def scenario() -> list[str | None]:
-        out = [await store.authenticate("tok")]
+        out = [await store.authenticate(ACME)]
         del tenants["acme"]
         await store.refresh()
-        out.append(await store.authenticate("tok"))
+        out.append(await store.authenticate(ACME))
         return out
 
     assert asyncio.run(scenario()) == ["acme", None]
@@ -188,7 +205,7 @@ def test_deleted_tenant_loses_its_token_on_refresh() -> None:
 
 def test_run_refreshes_when_tenants_change() -> None:
     tenants: dict[str, Tenant] = {}
-    secrets = Secrets({("kubemeter", "s"): {"token": b64("tok")}})
+    secrets = Secrets({("kubemeter", "s"): {"token": b64(ACME)}})
     store = KubernetesTokenStore(
         lambda: tenants, secrets, refresh_interval_s=3600, miss_refresh_interval_s=3600
     )
@@ -204,7 +221,7 @@ def test_run_refreshes_when_tenants_change() -> None:
                 if secrets.reads:
                     break
                 await asyncio.sleep(0.01)
-            return await store.authenticate("tok")
+            return await store.authenticate(ACME)
         finally:
             task.cancel()
 

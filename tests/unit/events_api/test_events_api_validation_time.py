@@ -298,3 +298,22 @@ def test_usage_of_a_period_outside_the_billable_years_is_400_naming_period(
     status, err = call(spy, "GET", "/v1/tenants/acme/usage", params={"period": period})
     assert (status, err["field"]) == (400, "period")
     assert err["error"] == f"period: {period!r} is outside the years 1970..9998"
+
+
+@pytest.mark.parametrize(
+    ("stamp", "why"),
+    [("0000-06-01T00:00:00Z", ""), ("9999-06-01T00:00:00Z", "outside the years 1970..9998")],
+)
+def test_timestamps_in_the_years_0_and_9999_are_400_naming_the_field(
+    spy: SpyLedger, stamp: str, why: str
+) -> None:
+    status, err = call(spy, "POST", "/v1/events", json=[tokens(0, stamp)])
+    assert (status, err["field"]) == (400, "events[0].timestamp")
+    assert why in err["error"]
+    assert spy.batches == 0
+
+
+def test_a_quantity_of_2_to_the_63_is_400_naming_the_field_not_a_500(spy: SpyLedger) -> None:
+    status, err = call(spy, "POST", "/v1/events", json=[tokens(0, NOW, promptTokens=2**63)])
+    assert (status, err["field"]) == (400, "events[0].promptTokens")
+    assert spy.batches == 0
