@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,10 @@ class PrometheusServer:
 
     ``retention`` is ``--storage.tsdb.retention.time`` (a flag Prometheus refuses twice, so
     not settable through ``extra_args``); backfilled history needs a long one.
+
+    ``scrape_configs``: the whole ``scrape_configs`` list (several jobs, each with its own
+    ``honor_labels``) instead of the one ``job`` over ``targets``; ``targets`` then names
+    the ``instance`` values :meth:`wait_for_targets` waits for.
     """
 
     def __init__(
@@ -66,10 +70,11 @@ class PrometheusServer:
         data_dir: Path | None = None,
         port: int | None = None,
         scrape_interval: str = "1s",
-        job: str = "kubemeter",
+        job: str = "kubemeter-exporter",
         binary: str | None = None,
         extra_args: Sequence[str] = (),
         retention: str = "2d",
+        scrape_configs: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         found = binary or find_prometheus()
         if not found:
@@ -89,6 +94,7 @@ class PrometheusServer:
         self.extra_args = list(extra_args)
         self.retention = retention
         self.targets = list(targets)
+        self.scrape_configs = [dict(c) for c in scrape_configs] if scrape_configs else None
         self.proc: subprocess.Popen[bytes] | None = None
         self._write_config()
 
@@ -102,7 +108,7 @@ class PrometheusServer:
         config = {
             "global": {"scrape_interval": self.scrape_interval, "scrape_timeout": "900ms"
                        if self.scrape_interval == "1s" else self.scrape_interval},
-            "scrape_configs": [
+            "scrape_configs": self.scrape_configs or [
                 {
                     "job_name": self.job,
                     "honor_labels": True,

@@ -35,7 +35,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -53,6 +53,7 @@ from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodMeta, StaticPodDirectory
+from kubemeter_operator.metering.windows import align_down
 from kubemeter_operator.rating import rate
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.usage import Period, accumulate
@@ -167,6 +168,7 @@ class Operator:
             tt.config,
             metrics=MeteringMetrics(CollectorRegistry()),
             clock=lambda: tt.now,
+            exporters=tt.exporters,
         )
         self.loop = MeteringLoop(
             self.metering,
@@ -204,14 +206,24 @@ class TimeTravel:
         config: MeteringConfig | None = None,
         grace: timedelta = timedelta(hours=1),
         prometheus: Any = None,
+        exporters: Any = None,
+        fresh_ledger: bool = False,
     ) -> None:
         """`prometheus`: what the operator queries (default: the fake over `store`; a real
         `PrometheusClient` for history backfilled from `store` beforehand, in which case
-        `advance` no longer scrapes)."""
+        `advance` no longer scrapes). `exporters`: the operator's exporter directory
+        (`metering.exporters.ExporterDirectory`; default None: no node check).
+
+        The ledger's metering starts at `start`: the harness writes the metering checkpoint an
+        operator that had metered (no series yet) until one step before `start` would have
+        left, so the series the scenario creates are counted from 0 whenever its first cycle
+        runs. `fresh_ledger=True` leaves the ledger without one: the first window is then the
+        metering start, and what the counters hold at its end is the baseline (not billed)."""
         self.ledger_url = ledger_url
         self.start = start
         self.now = start
         self.grace = grace
+        self.exporters = exporters
         self.config = config or MeteringConfig(
             step=timedelta(minutes=5),
             lag=timedelta(minutes=2),
@@ -232,6 +244,13 @@ class TimeTravel:
         """(posted at, tenant, record) of every event the ledger accepted."""
         self.topups: dict[str, Decimal] = {}
         self.operators = [Operator(self)]
+        if not fresh_ledger and self.ledger.get_checkpoint(self.config.checkpoint_name) is None:
+            since = align_down(start, self.config.step) - self.config.step
+            self.ledger.set_checkpoint(
+                self.config.checkpoint_name,
+                {"version": 1, "time": since.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                 "gpu": {}, "tokens": {}},
+            )  # fmt: skip
         self.crashes: list[datetime] = []
         """When an injected crash killed an operator (see `crash_once`)."""
         self._gpus = 0

@@ -22,9 +22,10 @@ from sqlalchemy import Connection, Engine
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import UsageRecord
-from kubemeter_operator.ledger import migrations, queries, statements, usage, wallets
+from kubemeter_operator.ledger import migrations, quarantine, queries, statements, usage, wallets
 from kubemeter_operator.ledger.dberrors import wrapped
 from kubemeter_operator.ledger.engine import DEFAULT_URL, READONLY, make_engine
+from kubemeter_operator.ledger.quarantine import QuarantineEntry, QuarantineRow
 from kubemeter_operator.ledger.statements import (
     Finalised,
     StatementLineRecord,
@@ -41,6 +42,8 @@ __all__ = [
     "Finalised",
     "Ledger",
     "LedgerTx",
+    "QuarantineEntry",
+    "QuarantineRow",
     "RecordResult",
     "Settlement",
     "StatementLineRecord",
@@ -170,14 +173,16 @@ class Ledger:
         *,
         checkpoints: Mapping[str, Mapping[str, Any]] | None = None,
         expect_checkpoints: Mapping[str, Mapping[str, Any] | None] | None = None,
+        quarantine: Sequence[QuarantineEntry] = (),
     ) -> RecordResult:
         """Record metering windows (and checkpoints) in one transaction, idempotently.
 
         `expect_checkpoints`: the checkpoint values the caller computed from (None: none
-        yet); if one has moved meanwhile the call is a ConflictError and writes nothing."""
+        yet); if one has moved meanwhile the call is a ConflictError and writes nothing.
+        `quarantine`: deltas held back (never billed) in the same transaction."""
         with self._write_tx("record windows") as conn:
             return usage.record_windows(
-                conn, windows, checkpoints, self._clock(), expect_checkpoints
+                conn, windows, checkpoints, self._clock(), expect_checkpoints, quarantine
             )
 
     def set_checkpoint(self, name: str, value: Mapping[str, Any]) -> None:
@@ -186,6 +191,36 @@ class Ledger:
 
     def get_checkpoint(self, name: str) -> dict[str, Any] | None:
         return self._read("get checkpoint", lambda c: usage.get_checkpoint(c, name))
+
+    # -- quarantine ----------------------------------------------------------------------
+
+    def quarantined(self, state: str | None = quarantine.HELD) -> list[QuarantineRow]:
+        """Quarantined usage in `state` (held, released, discarded; None: all), oldest first."""
+        return self._read("quarantine", lambda c: quarantine.rows(c, state))
+
+    def quarantined_entry(self, ref: str) -> QuarantineRow:
+        """One quarantined entry by id or a unique prefix of at least 8 hex digits."""
+        return self._read("quarantine", lambda c: quarantine.find(c, ref))
+
+    def release_quarantined(self, ref: str) -> tuple[QuarantineRow, bool]:
+        """Release held usage: it is recorded as the usage window it would have been (same
+        key), booked like any usage (a finalised period's part as late usage), in the
+        transaction that marks it released. Returns the entry and whether it changed now
+        (False: already released). A discarded entry is an InputError naming its id."""
+        with self._write_tx("release quarantined usage") as conn:
+            now = self._clock()
+            row, changed = quarantine.decide(conn, ref, quarantine.RELEASED, now)
+            if changed:
+                window = UsageWindow(row.tenant, row.source, row.series, row.window_start,
+                                     row.window_end, row.record)  # fmt: skip
+                usage.record_windows(conn, [window], None, now)
+            return row, changed
+
+    def discard_quarantined(self, ref: str) -> tuple[QuarantineRow, bool]:
+        """Discard held usage for good (it stays in the ledger, never billed). Returns the
+        entry and whether it changed now. A released entry is an InputError naming its id."""
+        with self._write_tx("discard quarantined usage") as conn:
+            return quarantine.decide(conn, ref, quarantine.DISCARDED, self._clock())
 
     # -- totals --------------------------------------------------------------------------
 

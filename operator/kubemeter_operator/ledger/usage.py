@@ -23,6 +23,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from kubemeter_operator.api.usage import CustomUsage, UsageRecord
 from kubemeter_operator.errors import ConflictError, InputError, TransientError
 from kubemeter_operator.ledger import pgfast, rollup
+from kubemeter_operator.ledger import quarantine as held
 from kubemeter_operator.ledger.codec import digest, record_json
 from kubemeter_operator.ledger.columns import exact_problem, plain
 from kubemeter_operator.ledger.schema import (
@@ -362,7 +363,10 @@ def record_windows(
     checkpoints: Mapping[str, Mapping[str, Any]] | None,
     now: datetime,
     expect: Mapping[str, Mapping[str, Any] | None] | None = None,
+    quarantine: Sequence[held.QuarantineEntry] = (),
 ) -> RecordResult:
+    """Windows, their rollups, quarantined deltas (held, never billed: `ledger.quarantine`)
+    and checkpoints, all in the caller's transaction; `expect` is checked first."""
     if expect:
         check_checkpoints(conn, expect)
     prepared: dict[WindowKey, tuple[str, str, UsageWindow]] = {}
@@ -433,6 +437,8 @@ def record_windows(
     if acc:
         booking = rollup.closed_through(conn, {tenant for tenant, _ in acc})
         rollup.upsert(conn, rollup.quantities(acc, booking))
+    if quarantine:
+        held.hold(conn, quarantine, now)
     if checkpoints:
         set_checkpoints(conn, checkpoints, now)
     return RecordResult(len(inserted), len(missing) + in_batch_dups)

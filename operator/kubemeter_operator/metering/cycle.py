@@ -1,73 +1,147 @@
 """One metering cycle: counter values at the window end -> per-tenant usage windows.
 
-    cycle = MeteringCycle(ledger, PrometheusClient(url), pods)
+    cycle = MeteringCycle(ledger, PrometheusClient(url), pods, config, exporters=directory)
     result = cycle.run(tenants, plans)       # one window; result.behind: call again now
 
 Each run:
 
-1. loads the checkpoint (``ledger.get_checkpoint("metering")``): the last window end and
-   the counted value of every series;
+1. loads the checkpoint (``ledger.get_checkpoint("metering")``): the last window end, the
+   counted value of every series (live ones and tombstones) and the exporter targets
+   verified earlier;
 2. picks the next window ``[checkpoint time, T]`` (:func:`windows.next_window`: T on the
    step grid, trailing now by the lag; at most ``max_window``; never across a period end);
 3. reads every counter's last raw value at T (``last_over_time(<counter>[span])``), so
-   series that stopped inside the window still give their final value;
-4. takes per-series deltas against the checkpoint (new series start from 0), maps pods to
-   tenants (:mod:`kubemeter_operator.metering.tenancy`; unowned usage goes to ``_unassigned``);
-5. writes the usage windows *and* the new checkpoint in one ``ledger.record_windows`` call.
+   series that stopped inside the window still give their final value, and keeps only the
+   samples that may count (:mod:`~kubemeter_operator.metering.trust`: the exporter's job, an
+   exporter pod's address on the series' node, a valid value); the others are reported in
+   ``CycleResult.untrusted`` and counted in metrics, never billed;
+4. takes per-series deltas against the checkpoint, bounds each by physics (below), maps pods
+   to tenants (:mod:`kubemeter_operator.metering.tenancy`; unowned usage goes to
+   ``_unassigned``);
+5. writes the usage windows, the quarantined deltas *and* the new checkpoint in one
+   ``ledger.record_windows`` call (one transaction), guarded by compare-and-set on the
+   checkpoint it started from.
 
-A crash anywhere before step 5 commits nothing, and the next run recomputes the same window
-from the same checkpoint; after step 5 everything is committed. A ConflictError (another
-replica committed this window first) reloads the checkpoint and tries again. Prometheus
-unreachable raises TransientError before anything is written; the checkpoint stays, and the
-next successful run backfills the missed span window by window.
+Crash argument. A crash anywhere before step 5 commits nothing, and the next run recomputes
+the same window from the same checkpoint (the same windows, the same quarantine rows: their
+ids are digests of their window keys). Step 5 is one transaction: windows, rollups,
+quarantine rows and checkpoint are all committed or none is, so a delta is never both billed
+and held, and never counted twice: the checkpoint that moves past it commits with it. A
+ConflictError (another replica committed since we read the checkpoint: the compare-and-set
+failed; or a key reused with another payload) writes nothing; the cycle reloads the
+checkpoint and tries again. Prometheus unreachable raises TransientError before anything is
+written; the checkpoint stays, and the next successful run backfills the missed span window
+by window. Replaying a committed window (a restored checkpoint) finds its windows and
+quarantine rows already there with the same payloads: duplicates, no-ops.
+
+Baselines: usage from before the metering start is not billed. On the very first window
+(no checkpoint at all: a fresh ledger, or a ledger migrated in on a running fleet) every GPU
+series' value is taken as its baseline and nothing is billed for it: the exporter's counters
+from before kubemeter's ledger existed are not billed into the open period. Token sources
+do the same the first time a source appears with series (a plan gains a Prometheus token
+meter), so months of history in a long-running inference server's counters are not billed.
+
+Bounds (physics). A delta of one series *covers* the span from ``since`` to the window end,
+where ``since`` is the end of the window in which the series' counted value last changed
+(``seen_ms`` of the checkpoint: a re-read of an unchanged value does not move it), or the
+window start for a series new to the checkpoint. The counted value came from a sample that
+was not there at the read before (else that read would have counted it), so it is at most
+that read's span older than ``since`` (``span_ms``, kept in the checkpoint), or, when the
+value changed further back, at most ``max_window + scrape_margin`` older; a new series had
+no sample in the previous read's range, so it is at most ``scrape_margin`` older than the
+window start. Every sample read now is at or before the window end. So the counter can have
+grown for at most ``end - since + slack`` with that ``slack``, and the bounds are:
+
+* GPU: allocated ms <= ``end - since + slack + gpu_tolerance`` (a pod holds a device for at
+  most the wall time; active ms never exceed allocated ms, see below). In steady state
+  (15 s windows, 2 min margin) that is 15 + 135 + 5 s per 15 s window: a guard against
+  impossible deltas (hours of GPU time in a minute), not a precise meter;
+* tokens: ``max_token_rate`` x ``(end - since + slack)`` per series.
+
+For a new series the bound is the lookback span of the read (window + margin): its counter is
+born at 0 with its exporter instance (or pod), and a series that had been alive longer
+would have been seen by earlier windows. We do not use "since the first sight of the
+exporter instance": that is a lower bound of the instance's age, not an upper one. A series
+born during a scrape gap longer than the span, or one whose tombstone was evicted, therefore
+fails the bound and is quarantined rather than billed: an admin can release it. A bound of
+None (the defaults of ``gpu_tolerance`` and ``max_token_rate``) turns the check off:
+simulations that run an exporter faster than real time need that; the operator always sets
+both. A delta over its bound is *quarantined*: the record it would have been (same
+tenant, source, series and window) is written to the ledger's quarantine table in the same
+transaction, never billed, listed in ``CycleResult.quarantined`` and counted in a metric;
+``kubemeter quarantine release`` records it later as that very window. The checkpoint moves
+past it, so it is neither quarantined again nor billed later. A bad series never fails the
+cycle for the others.
+
+Gaps and tombstones. A series that is not read any more stays in the checkpoint as a
+tombstone (its last counted values and ``seen_ms``) for ``tombstone_retention`` (default 15
+days, >= Prometheus' retention), at most ``max_tombstones`` of them per source (the most
+recently seen kept; each costs ~45 bytes of checkpoint JSON, 2.3 MB at the default cap of
+50,000). When it returns, only its increase since the last counted value is billed, and a GPU
+record covers ``[since, window end]``: a span longer than the window, which the ledger splits
+exactly by UTC day and period (a part in a finalised period is booked as late usage on the
+next open statement). Such a record cannot collide with another window of the series: its
+start is the end of the series' last window with a change, and no window of the series
+starts there (it did not change in it). A new ``exporter_instance`` (an exporter restart) is
+a new series and starts from 0.
 
 Checkpoint (JSON, ledger checkpoint ``metering``)::
 
     {"version": 1,
      "time": "2026-11-30T12:00:15Z",               # end of the last committed window
      "gpu": {"<series id>": [allocated_ms, active_ms, seen_ms], ...},
-     "tokens": {"<source key>": {"<series id>": [value, seen_ms], ...}, ...}}
+     "tokens": {"<source key>": {"<series id>": [value, seen_ms], ...}, ...},
+     "span_ms": 135000,                            # query range of that window's read
+     "exporters": {"<instance>": ["<node>", seen_ms], ...}}   # with an exporter directory
 
-``seen_ms`` is the window end (epoch ms) at which the series was last read; series unseen
-for ``prune_after`` are dropped. The stored values are what has been *counted* (active ms
-above allocated ms in one window is carried to the next, so ``active <= allocated`` holds per
-record without losing anything).
-
-Token sources: the first time a source appears with series (a plan gains a Prometheus token
-meter) its current values are taken as the baseline and nothing is billed for them, so months of
-history in a long-running inference server's counters are not billed at once. GPU series
-have no such baseline: the exporter is installed with the operator, and its series are born
-at 0 (on the very first run, what the counters hold is billed into the first window).
+``seen_ms`` is the window end (epoch ms) at which the series' counted value last changed.
+The stored values are what has been *counted* (active ms above allocated ms in one window is
+carried to the next, so ``active <= allocated`` holds per record without losing anything).
+``exporters`` remembers the exporter targets (``instance`` -> node) that produced trusted
+series, for ``tombstone_retention``: a new operator process still trusts the last samples of
+exporter pods that were replaced while it was not running. The version stays 1: a checkpoint
+of an older operator loads as is (it simply has fewer tombstones and no ``exporters``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from fractions import Fraction
 from typing import Any, Protocol
 
-from kubemeter_operator.api.priceplan import PricePlanSpec
+from pydantic import ValidationError
+
+from kubemeter_operator.api.priceplan import MeterKind, PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.api.types import MIG_PROFILE_RE
-from kubemeter_operator.api.usage import GpuUsage, TokenUsage
+from kubemeter_operator.api.usage import GpuUsage, TokenUsage, UsageRecord
 from kubemeter_operator.errors import ConflictError, KubemeterError, TransientError
-from kubemeter_operator.ledger import RecordResult, UsageWindow
+from kubemeter_operator.ledger import QuarantineEntry, RecordResult, UsageWindow
 from kubemeter_operator.metering import deltas as dl
 from kubemeter_operator.metering import sources as src
+from kubemeter_operator.metering import trust
 from kubemeter_operator.metering.metrics import MeteringMetrics
-from kubemeter_operator.metering.pods import PodDirectory
+from kubemeter_operator.metering.pods import PodDirectory, PodMeta
 from kubemeter_operator.metering.prometheus import Sample, last_value_query
 from kubemeter_operator.metering.tenancy import UNASSIGNED, NamespaceConflict, TenancyMap
-from kubemeter_operator.metering.windows import Window, next_window, to_ms
+from kubemeter_operator.metering.trust import UntrustedSeries
+from kubemeter_operator.metering.windows import Window, from_ms, next_window, to_ms
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "metering"
 CHECKPOINT_VERSION = 1
 _CONFLICT_RETRIES = 3
+_MS = timedelta(milliseconds=1)
+MAX_REPORTED = 1000
+"""Untrusted series listed in one CycleResult (the metrics count all of them)."""
+MAX_EXPORTERS = 10_000
+"""Exporter targets remembered in the checkpoint (the most recently seen kept)."""
 
 
 class Ledger(Protocol):
@@ -81,6 +155,7 @@ class Ledger(Protocol):
         *,
         checkpoints: Mapping[str, Mapping[str, Any]] | None = None,
         expect_checkpoints: Mapping[str, Mapping[str, Any] | None] | None = None,
+        quarantine: Sequence[QuarantineEntry] = (),
     ) -> RecordResult: ...
 
 
@@ -88,6 +163,14 @@ class Prometheus(Protocol):
     """What the cycle needs from :class:`~metering.prometheus.PrometheusClient`."""
 
     def query(self, promql: str, at: datetime) -> list[Sample]: ...
+
+
+class Exporters(Protocol):
+    """What the cycle needs from :class:`~metering.exporters.ExporterDirectory`."""
+
+    def lookup(self, instances: Iterable[str]) -> Mapping[str, str]: ...
+
+    def refresh(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -99,22 +182,46 @@ class MeteringConfig:
     max_window: timedelta = timedelta(minutes=5)
     """Longest window when catching up."""
     scrape_margin: timedelta = timedelta(minutes=2)
-    """Added to the query range so a series' last sample just before the window is found."""
+    """Added to the query range so a series' last sample just before the window is found
+    (>= the scrape interval; also the slack of the physics bounds)."""
     initial_lookback: timedelta = timedelta(hours=1)
     """Query range of the very first window (no checkpoint yet)."""
     max_span: timedelta = timedelta(days=14)
     """Cap of the query range (Prometheus retention)."""
     prune_after: timedelta = timedelta(hours=2)
-    """Drop series from the checkpoint when unseen this long (> max_window + margin)."""
+    """The least time a series not read any more is remembered (see tombstone_retention,
+    the longer of the two applies; > max_window + margin)."""
     token_namespace_label: str = "namespace"
     token_pod_label: str = "pod"
     checkpoint_name: str = CHECKPOINT_NAME
+    exporter_job: str | None = None
+    """Scrape job of the exporter: GPU series of other jobs are ignored (None: any job;
+    simulations and benchmarks only, the operator always sets it)."""
+    gpu_tolerance: timedelta | None = None
+    """Slack of the GPU bound (None: GPU deltas are not bounded)."""
+    max_token_rate: float | None = None
+    """Tokens per second one token series may grow by (None: not bounded)."""
+    tombstone_retention: timedelta = timedelta(days=15)
+    """How long a vanished series is remembered (>= Prometheus' retention)."""
+    max_tombstones: int = 50_000
+    """Tombstones kept per source (GPU, each token source) at most."""
 
     def __post_init__(self) -> None:
         if self.prune_after <= self.max_window + self.scrape_margin:
             raise ValueError("prune_after must exceed max_window + scrape_margin")
         if self.max_window < self.step:
             raise ValueError("max_window must be at least step")
+        if self.gpu_tolerance is not None and self.gpu_tolerance < timedelta(0):
+            raise ValueError("gpu_tolerance cannot be negative")
+        if self.max_token_rate is not None and not self.max_token_rate > 0:
+            raise ValueError("max_token_rate must be positive")
+        if self.max_tombstones < 0:
+            raise ValueError("max_tombstones cannot be negative")
+
+    @property
+    def retention(self) -> timedelta:
+        """How long a series not read any more is kept as a tombstone."""
+        return max(self.prune_after, self.tombstone_retention)
 
 
 @dataclass(frozen=True)
@@ -157,6 +264,13 @@ class CycleResult:
     sources: dict[str, SourceHealth] = field(default_factory=dict)
     """Per source (``gpu``, ``tokens:<metric>``): read or not, and why."""
     namespace_conflicts: tuple[NamespaceConflict, ...] = ()
+    untrusted: list[UntrustedSeries] = field(default_factory=list)
+    """Series ignored by the source checks (at most MAX_REPORTED, sorted; each with the
+    tenant its labels claim, for an Event there)."""
+    untrusted_counts: dict[str, int] = field(default_factory=dict)
+    """Every ignored series read, by reason (not capped)."""
+    quarantined: list[QuarantineEntry] = field(default_factory=list)
+    """Deltas over a physics bound, held in the ledger (never billed) with this window."""
     replica_conflicts: int = 0
     """ConflictErrors met (another replica committed the window first) before success."""
     accepted: int = 0
@@ -180,6 +294,9 @@ class _State:
     time: datetime | None
     gpu: dict[str, dl.SeriesPoint]
     tokens: dict[str, dict[str, dl.SeriesPoint]]
+    exporters: dict[str, tuple[str, int]] = field(default_factory=dict)
+    span_ms: int | None = None
+    """Query range of the read that ended at ``time`` (None: not recorded)."""
 
     @classmethod
     def load(cls, raw: Mapping[str, Any] | None) -> _State:
@@ -190,16 +307,28 @@ class _State:
         t = raw.get("time")
         when = datetime.fromisoformat(str(t).replace("Z", "+00:00")) if t else None
         tokens = {str(k): dl.decode(v, 1) for k, v in (raw.get("tokens") or {}).items()}
-        return cls(when, dl.decode(raw.get("gpu"), 2), tokens)
+        exporters = {
+            str(k): (str(v[0]), int(v[1])) for k, v in (raw.get("exporters") or {}).items()
+        }
+        span = raw.get("span_ms")
+        return cls(
+            when, dl.decode(raw.get("gpu"), 2), tokens, exporters,
+            int(span) if span is not None else None,
+        )  # fmt: skip
 
     def dump(self) -> dict[str, Any]:
         assert self.time is not None
-        return {
+        out: dict[str, Any] = {
             "version": CHECKPOINT_VERSION,
             "time": self.time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
             "gpu": dl.encode(self.gpu),
             "tokens": {k: dl.encode(v) for k, v in sorted(self.tokens.items())},
         }
+        if self.span_ms is not None:
+            out["span_ms"] = self.span_ms
+        if self.exporters:
+            out["exporters"] = {k: [n, t] for k, (n, t) in sorted(self.exporters.items())}
+        return out
 
 
 def _mig(profile: str) -> str | None:
@@ -207,7 +336,11 @@ def _mig(profile: str) -> str | None:
 
 
 class MeteringCycle:
-    """Runs metering windows. Not thread-safe; one per process (or per leader)."""
+    """Runs metering windows. Not thread-safe; one per process (or per leader).
+
+    ``exporters``: the exporter pods' addresses and nodes (the node check of the source
+    trust); None: no node check (tests, simulations, an operator that does not know the
+    exporter namespace)."""
 
     def __init__(
         self,
@@ -218,6 +351,7 @@ class MeteringCycle:
         *,
         metrics: MeteringMetrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        exporters: Exporters | None = None,
     ) -> None:
         self.ledger = ledger
         self.prometheus = prometheus
@@ -225,6 +359,8 @@ class MeteringCycle:
         self.config = config or MeteringConfig()
         self.metrics = metrics
         self.clock = clock
+        self.exporters = exporters
+        self._logged: set[UntrustedSeries] = set()
 
     def metered_until(self) -> datetime | None:
         """The end of the last committed window, from the ledger's checkpoint (None: no
@@ -271,14 +407,24 @@ class MeteringCycle:
         result = CycleResult(window, namespace_conflicts=tenancy.conflicts)
         if window is None:
             return result
-        lookback = window.duration if state.time is not None else cfg.initial_lookback
+        first = state.time is None
+        lookback = window.duration if not first else cfg.initial_lookback
         span = min(max(lookback, window.duration) + cfg.scrape_margin, cfg.max_span)
-        span_ms = max(1, span // timedelta(milliseconds=1))
+        span_ms = max(1, span // _MS)
 
         # -- read (TransientError from the GPU source aborts the cycle) --------------
-        alloc = self.prometheus.query(last_value_query(src.GPU_METRICS[0], span_ms), window.end)
-        active = self.prometheus.query(last_value_query(src.GPU_METRICS[1], span_ms), window.end)
-        gpu = src.join_gpu(alloc, active)
+        job = cfg.exporter_job
+        alloc_metric, active_metric = src.GPU_METRICS
+        # allocated: every job, so that series of other jobs are seen and reported;
+        # active: only the exporter's job (the other jobs' values are never needed)
+        alloc = self.prometheus.query(last_value_query(alloc_metric, span_ms), window.end)
+        active = self.prometheus.query(
+            last_value_query(active_metric, span_ms, {"job": job} if job else None), window.end
+        )
+        nodes = self._exporter_nodes(alloc, state)
+        alloc_ok, untrusted = trust.partition(alloc_metric, alloc, job=job, nodes=nodes)
+        active_ok, _ = trust.partition(active_metric, active, job=job, nodes=nodes)
+        gpu = src.join_gpu(alloc_ok, active_ok)
         result.sources[src.GPU_SOURCE] = SourceHealth(True, len(gpu))
         sources = _all_token_sources(plans)
         readings: dict[str, src.TokenReading] = {}
@@ -292,11 +438,13 @@ class MeteringCycle:
                 log.warning("metering: token source %s not read: %s", name, exc)
                 result.sources[name] = SourceHealth(False, 0, str(exc))
                 continue
+            ok, bad = trust.partition(
+                ts.source.metric, samples, model_label=ts.source.model_label,
+                namespace_label=cfg.token_namespace_label, pod_label=cfg.token_pod_label,
+            )  # fmt: skip
+            untrusted.extend(bad)
             readings[key] = src.read_tokens(
-                ts,
-                samples,
-                namespace_label=cfg.token_namespace_label,
-                pod_label=cfg.token_pod_label,
+                ts, ok, namespace_label=cfg.token_namespace_label, pod_label=cfg.token_pod_label
             )
             result.sources[name] = SourceHealth(True, len(readings[key].series))
         t1 = time.perf_counter()
@@ -304,47 +452,94 @@ class MeteringCycle:
 
         # -- compute -------------------------------------------------------------------
         end_ms = to_ms(window.end)
-        prune_before = end_ms - cfg.prune_after // timedelta(milliseconds=1)
-        builder = _Builder(window, tenancy, self.pods, result)
-        counted_gpu: dict[str, dl.Values] = {}
+        prune_before = end_ms - cfg.retention // _MS
+        bounds = _Bounds.of(cfg, window, state.time, state.span_ms)
+        builder = _Builder(window, tenancy, self.pods, result, bounds)
+        points: dict[str, dl.SeriesPoint] = {}
         for sid, series in gpu.items():
-            counted_gpu[sid] = builder.add_gpu(sid, series, state.gpu.get(sid))
+            if first:  # the metering start: what the counters hold is the baseline
+                points[sid] = dl.SeriesPoint(series.values, end_ms)
+                continue
+            point = builder.add_gpu(sid, series, state.gpu.get(sid))
+            if point is not None:
+                points[sid] = point
         new_state = _State(
             window.end,
-            dl.advance(state.gpu, counted_gpu, seen_ms=end_ms, prune_before_ms=prune_before),
+            dl.advance(
+                state.gpu, points, prune_before_ms=prune_before, max_tombstones=cfg.max_tombstones
+            ),
             {},
+            _remember(state.exporters, alloc_ok, nodes, end_ms, prune_before),
+            span_ms,
         )
         allowed = _allowed_sources(tenants, plans, sources)
-        for key, points in state.tokens.items():
+        for key, old in state.tokens.items():
             if key not in readings:  # not read now: keep as is (do not prune)
-                new_state.tokens[key] = points
+                new_state.tokens[key] = old
         for key, reading in readings.items():
             previous = state.tokens.get(key)
             if previous is None and not reading.series:
                 continue  # nothing seen yet: the baseline is taken when series first show
-            current = {sid: (s.value,) for sid, s in reading.series.items()}
-            if previous is not None:
-                for sid, s in reading.series.items():
-                    d = dl.delta(previous.get(sid), (s.value,))
-                    builder.add_tokens(reading.source, key, s, d.delta[0], allowed)
+            current: dict[str, dl.SeriesPoint] = {}
+            for sid, s in reading.series.items():
+                if previous is None:  # the source's baseline
+                    current[sid] = dl.SeriesPoint((s.value,), end_ms)
+                else:
+                    current[sid] = builder.add_tokens(
+                        reading.source, key, sid, s, previous.get(sid), allowed
+                    )
             new_state.tokens[key] = dl.advance(
-                previous or {}, current, seen_ms=end_ms, prune_before_ms=prune_before
-            )
+                previous or {}, current, prune_before_ms=prune_before,
+                max_tombstones=cfg.max_tombstones,
+            )  # fmt: skip
         windows = builder.finish()
+        builder.report_untrusted(untrusted)
+        self._log_untrusted(result.untrusted)
         t2 = time.perf_counter()
         result.compute_s = t2 - t1
 
-        # -- commit usage and checkpoint together -------------------------------------
+        # -- commit usage, quarantine and checkpoint together ---------------------------
         recorded = self.ledger.record_windows(
             windows,
             checkpoints={cfg.checkpoint_name: new_state.dump()},
             # another replica that committed since we read the checkpoint wins; we reload
             expect_checkpoints={cfg.checkpoint_name: raw_checkpoint},
+            quarantine=builder.quarantine,
         )
         result.write_s = time.perf_counter() - t2
         result.accepted, result.duplicates = recorded.accepted, recorded.duplicates
+        result.quarantined = list(builder.quarantine)
         self._observe(result, fresh=recorded.accepted > 0 or not windows)
         return result
+
+    def _log_untrusted(self, items: Iterable[UntrustedSeries]) -> None:
+        """Warn once per process about each ignored series (they come back every cycle)."""
+        for u in items:
+            if u in self._logged:
+                continue
+            if len(self._logged) >= MAX_REPORTED * 10:
+                self._logged.clear()
+            self._logged.add(u)
+            log.warning("metering: %s", u.message)
+
+    def _exporter_nodes(self, alloc: Sequence[Sample], state: _State) -> dict[str, str] | None:
+        """instance -> node for the node check: the live exporter pods, else the targets
+        verified earlier (checkpoint). An instance neither knows asks for a fresh list."""
+        if self.exporters is None:
+            return None
+        job = self.config.exporter_job
+        instances = {
+            s.labels.get("instance", "")
+            for s in alloc
+            if job is None or s.labels.get("job", "") == job
+        }
+        instances.discard("")
+        live = dict(self.exporters.lookup(instances))
+        nodes = {instance: node for instance, (node, _) in state.exporters.items()}
+        if instances - live.keys() - nodes.keys() and self.exporters.refresh():
+            live = dict(self.exporters.lookup(instances))
+        nodes.update(live)  # a live pod wins over a remembered one on the same address
+        return nodes
 
     def _observe(self, result: CycleResult, *, fresh: bool) -> None:
         m = self.metrics
@@ -357,8 +552,15 @@ class MeteringCycle:
         for name, health in result.sources.items():
             m.source_up.labels(name).set(1 if health.ok else 0)
             m.series.labels(name).set(health.series)
+        for reason in trust.REASONS:
+            n = result.untrusted_counts.get(reason, 0)
+            m.untrusted.labels(reason).set(n)
+            if n:
+                m.untrusted_reads.labels(reason).inc(n)
         if not fresh:
             return
+        for q in result.quarantined:
+            m.quarantined.labels(q.source).inc()
         for u in result.unassigned:
             ns = u.namespace or "-"
             if u.allocated_ms:
@@ -372,6 +574,28 @@ class MeteringCycle:
             ):
                 if n:
                     m.unassigned_tokens.labels(ns, kind).inc(n)
+
+
+def _remember(
+    before: Mapping[str, tuple[str, int]],
+    trusted: Iterable[Sample],
+    nodes: Mapping[str, str] | None,
+    end_ms: int,
+    prune_before_ms: int,
+) -> dict[str, tuple[str, int]]:
+    """The exporter targets to remember: those that produced trusted series now, and the
+    earlier ones still within the retention (at most MAX_EXPORTERS, newest first)."""
+    if nodes is None:
+        return {}
+    out = {i: v for i, v in before.items() if v[1] >= prune_before_ms}
+    for s in trusted:
+        instance = s.labels.get("instance", "")
+        if instance in nodes:
+            out[instance] = (nodes[instance], end_ms)
+    if len(out) > MAX_EXPORTERS:
+        keep = sorted(out.items(), key=lambda kv: (-kv[1][1], kv[0]))[:MAX_EXPORTERS]
+        out = dict(keep)
+    return out
 
 
 def _all_token_sources(plans: Mapping[str, PricePlanSpec]) -> dict[str, src.TokenSource]:
@@ -399,22 +623,103 @@ def _allowed_sources(
     return allowed
 
 
+@dataclass(frozen=True)
+class _Bounds:
+    """The physics bounds of one window's deltas (see the module docstring)."""
+
+    start_ms: int
+    end_ms: int
+    margin_ms: int
+    last_end_ms: int | None
+    """End of the previous window (the checkpoint's time)."""
+    last_span_ms: int
+    """Query range of the previous read: how old a sample it counted can have been."""
+    wide_ms: int
+    """How old a sample counted in any earlier read can have been (max_window + margin)."""
+    gpu_tolerance_ms: int | None
+    token_rate: Fraction | None
+    """Tokens per millisecond."""
+
+    @classmethod
+    def of(
+        cls,
+        cfg: MeteringConfig,
+        window: Window,
+        last_end: datetime | None,
+        last_span_ms: int | None,
+    ) -> _Bounds:
+        margin = cfg.scrape_margin // _MS
+        wide = max(cfg.max_window // _MS + margin, last_span_ms or 0)
+        return cls(
+            to_ms(window.start),
+            to_ms(window.end),
+            margin,
+            to_ms(last_end) if last_end is not None else None,
+            last_span_ms if last_span_ms is not None else wide,
+            wide,
+            None if cfg.gpu_tolerance is None else cfg.gpu_tolerance // _MS,
+            None if cfg.max_token_rate is None else Fraction(cfg.max_token_rate) / 1000,
+        )
+
+    def since(self, previous: dl.SeriesPoint | None) -> int:
+        """Start of the span a delta covers: when the series last changed (new: the
+        window start)."""
+        return self.start_ms if previous is None else min(previous.seen_ms, self.start_ms)
+
+    def slack(self, previous: dl.SeriesPoint | None) -> int:
+        """How much older than ``since`` the sample behind the counted value can be."""
+        if previous is None:
+            return self.margin_ms  # new: no sample before the previous read's range
+        if previous.seen_ms == self.last_end_ms:
+            return self.last_span_ms  # it changed in the previous read
+        return self.wide_ms
+
+    def gpu(self, since_ms: int, slack_ms: int) -> int | None:
+        if self.gpu_tolerance_ms is None:
+            return None
+        return self.end_ms - since_ms + slack_ms + self.gpu_tolerance_ms
+
+    def tokens(self, since_ms: int, slack_ms: int) -> int | None:
+        if self.token_rate is None:
+            return None
+        limit = self.token_rate * (self.end_ms - since_ms + slack_ms)
+        return limit.numerator // limit.denominator
+
+
 class _Builder:
-    """Accumulates one window's usage records, per-tenant sums and unassigned usage."""
+    """Accumulates one window's usage records, per-tenant sums, unassigned usage and the
+    deltas held in quarantine."""
 
     def __init__(
-        self, window: Window, tenancy: TenancyMap, pods: PodDirectory, result: CycleResult
+        self,
+        window: Window,
+        tenancy: TenancyMap,
+        pods: PodDirectory,
+        result: CycleResult,
+        bounds: _Bounds,
     ) -> None:
         self.window = window
         self.tenancy = tenancy
         self.pods = pods
         self.result = result
+        self.bounds = bounds
         self.windows: list[UsageWindow] = []
+        self.quarantine: list[QuarantineEntry] = []
         self.tokens: dict[tuple[str, str, str, str], TenantUsage] = {}
         self.unassigned: dict[tuple[str, str, str], UnassignedUsage] = {}
 
+    def _resolve(self, namespace: str, pod: str, uid: str = "") -> PodMeta | None:
+        """The pod a series names: by UID first (the exporter learns it from cgroups),
+        else by namespace/name. A series the exporter could name by UID only (a pod that
+        reached a GPU without a device allocation) is resolved here."""
+        if uid or (namespace and pod):
+            return self.pods.lookup(namespace, pod, uid)
+        return None
+
     def _assign(self, namespace: str, pod: str, uid: str = "") -> tuple[str, str]:
-        meta = self.pods.lookup(namespace, pod, uid) if namespace and pod else None
+        meta = self._resolve(namespace, pod, uid)
+        if meta is not None and uid and not namespace:
+            namespace = meta.namespace
         a = self.tenancy.assign(namespace, meta.labels if meta is not None else None)
         return a.tenant, a.reason
 
@@ -425,56 +730,138 @@ class _Builder:
             u = self.unassigned[key] = UnassignedUsage(namespace, pod, reason)
         return u
 
-    def add_gpu(self, sid: str, s: src.GpuSeries, previous: dl.SeriesPoint | None) -> dl.Values:
-        """Count one GPU series; returns the values to checkpoint (what is counted)."""
+    def _hold(
+        self, tenant: str, source: str, series: str, start: datetime, reason: str,
+        record: UsageRecord,
+    ) -> None:  # fmt: skip
+        log.warning("metering: %s series %s (tenant %s) quarantined: %s", source, series,
+                    tenant, reason)  # fmt: skip
+        self.quarantine.append(
+            QuarantineEntry(tenant, source, series, start, self.window.end, reason, record)
+        )
+
+    def add_gpu(
+        self, sid: str, s: src.GpuSeries, previous: dl.SeriesPoint | None
+    ) -> dl.SeriesPoint | None:
+        """Count one GPU series; returns its checkpoint point (what is counted; None:
+        leave the series as it was)."""
         d = dl.delta(previous, s.values)
         base = (0, 0) if previous is None or d.reset else previous.values
         alloc_d = d.delta[0]
         active_d = min(d.delta[1], alloc_d)  # carry any excess active ms to the next window
+        counted = (base[0] + alloc_d, base[1] + active_d)
+        if previous is not None and counted == previous.values:
+            return previous  # unchanged: seen_ms stays where the value last changed
         if d.reset:
             log.warning("metering: counter reset on GPU series %s (%s/%s)", sid, s.namespace, s.pod)
-        if alloc_d > 0:
-            tenant, reason = self._assign(s.namespace, s.pod, s.pod_uid)
+        point = dl.SeriesPoint(counted, self.bounds.end_ms)
+        if alloc_d <= 0:
+            return point
+        since_ms = self.bounds.since(previous)
+        start = self.window.start if since_ms >= self.bounds.start_ms else from_ms(since_ms)
+        tenant, reason = self._assign(s.namespace, s.pod, s.pod_uid)
+        namespace, pod = s.namespace, s.pod
+        if not namespace and s.pod_uid:  # named by UID only: the registry knows its name
+            meta = self._resolve("", "", s.pod_uid)
+            if meta is not None:
+                namespace, pod = meta.namespace, meta.name
+        try:
             record = GpuUsage(
-                namespace=s.namespace or None,
-                pod=s.pod or None,
+                namespace=namespace or None,
+                pod=pod or None,
                 model=s.gpu_model or "unknown",
                 mig_profile=_mig(s.mig_profile),
                 allocated_ms=alloc_d,
                 active_ms=active_d,
-                window_start=self.window.start,
+                window_start=start,
                 window_end=self.window.end,
             )
-            self.windows.append(
-                UsageWindow(tenant, src.GPU_SOURCE, sid, self.window.start, self.window.end, record)
-            )
-            usage = self.result.tenants.setdefault(tenant, TenantUsage())
-            usage.allocated_ms += alloc_d
-            usage.active_ms += active_d
-            if tenant == UNASSIGNED:
-                u = self._unassigned(s.namespace, s.pod, reason)
-                u.allocated_ms += alloc_d
-                u.active_ms += active_d
-        return (base[0] + alloc_d, base[1] + active_d)
+        except ValidationError as exc:  # the trust checks should have refused it
+            log.error("metering: GPU series %s not counted: %s", sid, exc)
+            return previous
+        limit = self.bounds.gpu(since_ms, self.bounds.slack(previous))
+        if limit is not None and alloc_d > limit:
+            self._hold(
+                tenant, src.GPU_SOURCE, sid, start,
+                f"{alloc_d} allocated ms exceed the {limit} ms bound: the wall time since "
+                f"{start.isoformat()}, the age its last counted sample can have had and the "
+                f"tolerance",
+                record,
+            )  # fmt: skip
+            return point
+        self.windows.append(
+            UsageWindow(tenant, src.GPU_SOURCE, sid, start, self.window.end, record)
+        )
+        usage = self.result.tenants.setdefault(tenant, TenantUsage())
+        usage.allocated_ms += alloc_d
+        usage.active_ms += active_d
+        if tenant == UNASSIGNED:
+            u = self._unassigned(s.namespace, s.pod, reason)
+            u.allocated_ms += alloc_d
+            u.active_ms += active_d
+        return point
 
     def add_tokens(
         self,
         source: src.TokenSource,
         key: str,
+        sid: str,
         s: src.TokenSeries,
-        n: int,
+        previous: dl.SeriesPoint | None,
         allowed: Mapping[str, frozenset[str]],
-    ) -> None:
+    ) -> dl.SeriesPoint:
+        """Count one token series; returns its checkpoint point."""
+        d = dl.delta(previous, (s.value,))
+        n = d.delta[0]
+        base = 0 if previous is None or d.reset else previous.values[0]
+        counted = (base + n,)
+        if previous is not None and counted == previous.values:
+            return previous
+        point = dl.SeriesPoint(counted, self.bounds.end_ms)
         if n <= 0:
-            return
+            return point
         tenant, reason = self._assign(s.namespace, s.pod)
         if key not in allowed.get(tenant, frozenset()):
-            return  # the tenant's plan meters these tokens from events, not from Prometheus
+            return point  # the tenant's plan meters these tokens from events, not from Prometheus
+        since_ms = self.bounds.since(previous)
+        limit = self.bounds.tokens(since_ms, self.bounds.slack(previous))
+        if limit is not None and n > limit:
+            # a record keeps cached <= prompt: held cached tokens are held as prompt too
+            # (prompt - cached of it is 0: releasing it bills the cached tokens only)
+            amounts = {source.field: n}
+            if source.kind is MeterKind.CACHED_PROMPT_TOKENS:
+                amounts["prompt_tokens"] = n
+            record = TokenUsage(
+                namespace=s.namespace or None, pod=s.pod or None, model=s.model,
+                timestamp=self.window.start, **amounts,
+            )  # fmt: skip
+            self._hold(
+                tenant, src.TOKEN_SOURCE, f"{key}/{sid}", self.window.start,
+                f"{n} {source.kind.value} exceed the {limit} bound: {source.source.metric} "
+                f"since {from_ms(since_ms).isoformat()} at the configured maximum rate",
+                record,
+            )  # fmt: skip
+            return point
         acc = self.tokens.setdefault((tenant, s.namespace, s.pod, s.model), TenantUsage())
         setattr(acc, source.field, getattr(acc, source.field) + n)
         if tenant == UNASSIGNED:
             u = self._unassigned(s.namespace, s.pod, reason)
             setattr(u, source.field, getattr(u, source.field) + n)
+        return point
+
+    def report_untrusted(self, items: Iterable[UntrustedSeries]) -> None:
+        """The ignored series of this read, each with the tenant its labels claim."""
+        seen: dict[tuple[str, ...], UntrustedSeries] = {}
+        counts: Counter[str] = Counter()
+        for u in items:
+            counts[u.reason] += 1
+            key = (u.metric, u.namespace, u.pod, u.job, u.instance, u.node, u.reason)
+            if key in seen or len(seen) >= MAX_REPORTED:
+                continue
+            tenant, _ = self._assign(u.namespace, u.pod)
+            seen[key] = replace(u, tenant="" if tenant == UNASSIGNED else tenant)
+        self.result.untrusted = [seen[k] for k in sorted(seen)]
+        self.result.untrusted_counts = dict(counts)
 
     def finish(self) -> list[UsageWindow]:
         for (tenant, namespace, pod, model), acc in sorted(self.tokens.items()):
@@ -511,7 +898,9 @@ class _Builder:
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "MAX_REPORTED",
     "CycleResult",
+    "Exporters",
     "Ledger",
     "MeteringConfig",
     "MeteringCycle",
@@ -519,4 +908,5 @@ __all__ = [
     "SourceHealth",
     "TenantUsage",
     "UnassignedUsage",
+    "UntrustedSeries",
 ]

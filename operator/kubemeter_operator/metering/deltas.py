@@ -8,7 +8,8 @@
   Prometheus convention; should not happen with the exporter's counters).
 * A series may carry several counters read together (GPU: allocated and active ms); a reset
   of any of them resets all of them.
-* Series unseen for long are pruned from the checkpoint (see :func:`advance`).
+* Series that are not read any more stay in the checkpoint as tombstones for a long time
+  (see :func:`advance`), so one that returns is counted from its last value, not from 0.
 """
 
 from __future__ import annotations
@@ -71,25 +72,30 @@ def deltas(
 
 def advance(
     previous: Mapping[str, SeriesPoint],
-    current: Mapping[str, Values],
+    current: Mapping[str, SeriesPoint],
     *,
-    seen_ms: int,
     prune_before_ms: int,
+    max_tombstones: int | None = None,
 ) -> dict[str, SeriesPoint]:
-    """The checkpoint after counting ``current``.
+    """The checkpoint after a read: every series read now with its new point, and the
+    *tombstones* of series not read now (their last counted values and when they last
+    changed), so a series that returns after a gap is counted from where it was.
 
-    Series read now take their new values and ``seen_ms``; series not read keep their old
-    values until they were last seen before ``prune_before_ms``, when they are dropped. The
-    caller must choose ``prune_before_ms`` so that a pruned series can no longer be returned
-    by a query (its last sample is older than any later query's range).
+    Tombstones last seen before ``prune_before_ms`` are dropped; of the rest at most
+    ``max_tombstones`` are kept, the most recently seen first (None: no cap). The caller
+    must choose ``prune_before_ms`` so that a pruned series can no longer be returned by a
+    query, or accept that it then counts as new (see the cycle's bounds).
     """
-    result = {
-        sid: point
+    gone = [
+        (sid, point)
         for sid, point in previous.items()
-        if sid not in current and point.seen_ms >= prune_before_ms
-    }
-    for sid, values in current.items():
-        result[sid] = SeriesPoint(values, seen_ms)
+        if point.seen_ms >= prune_before_ms and sid not in current
+    ]
+    if max_tombstones is not None and len(gone) > max_tombstones:
+        gone.sort(key=lambda item: (-item[1].seen_ms, item[0]))
+        del gone[max_tombstones:]
+    result = dict(gone)
+    result.update(current)
     return result
 
 

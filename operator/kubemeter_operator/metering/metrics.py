@@ -13,6 +13,11 @@ METERING_WINDOW_END = "kubemeter_metering_window_end_timestamp_seconds"
 METERING_SOURCE_UP = "kubemeter_metering_source_up"
 METERING_SERIES = "kubemeter_metering_series"
 METERING_NAMESPACE_CONFLICTS = "kubemeter_metering_namespace_conflicts"
+METERING_UNTRUSTED_SERIES = "kubemeter_metering_untrusted_series"
+METERING_UNTRUSTED_READS = "kubemeter_metering_untrusted_reads_total"
+"""A counter cannot be named ``<gauge>_total`` next to the gauge (prometheus_client: one
+family name), hence ``..._reads_total``: series ignored, summed over cycles."""
+METERING_QUARANTINED = "kubemeter_metering_quarantined_total"
 
 
 def _strip_total(name: str) -> str:
@@ -22,7 +27,9 @@ def _strip_total(name: str) -> str:
 class MeteringMetrics:
     """Metrics of the metering loop, registered on ``registry`` (default: the global one).
 
-    Unassigned usage is counted once per window, after the ledger commit.
+    Unassigned and quarantined usage is counted once per window, after the ledger commit.
+    Untrusted series (:mod:`~kubemeter_operator.metering.trust`): the gauge holds the last
+    cycle's count per reason, the counter their sum over cycles.
     """
 
     def __init__(self, registry: CollectorRegistry | None = REGISTRY) -> None:
@@ -71,4 +78,24 @@ class MeteringMetrics:
         )
         self.namespace_conflicts = Gauge(
             METERING_NAMESPACE_CONFLICTS, "Namespaces claimed by more than one Tenant.", registry=r
+        )
+        self.untrusted = Gauge(
+            METERING_UNTRUSTED_SERIES,
+            "Series with a metered metric's name ignored in the last cycle, by reason "
+            "(job, instance, node, value, labels).",
+            ["reason"],
+            registry=r,
+        )
+        self.untrusted_reads = Counter(
+            _strip_total(METERING_UNTRUSTED_READS),
+            "Series ignored as untrusted, summed over metering cycles, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.quarantined = Counter(
+            _strip_total(METERING_QUARANTINED),
+            "Counter deltas over a physics bound, held in the ledger's quarantine (never "
+            "billed unless released), by source (gpu, tokens).",
+            ["source"],
+            registry=r,
         )

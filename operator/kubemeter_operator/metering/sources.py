@@ -1,29 +1,64 @@
-"""What the metering cycle reads from Prometheus, and how it becomes per-series values.
+"""What the metering cycle reads from Prometheus, which of it may count, and how it becomes
+per-series values.
 
 GPU time (the exporter's contract, imported from ``kubemeter_exporter.contract``)::
 
-    last_over_time(kubemeter_gpu_allocated_milliseconds_total[<span>ms])   @ window end
-    last_over_time(kubemeter_gpu_active_milliseconds_total[<span>ms])      @ window end
+    last_over_time(kubemeter_gpu_allocated_milliseconds_total[<span>ms])             @ window end
+    last_over_time(kubemeter_gpu_active_milliseconds_total{job="<job>"}[<span>ms])   @ window end
 
 joined per series on the contract's counter labels (node, gpu_uuid, gpu_model, mig_profile,
-namespace, pod, pod_uid, exporter_instance). Target labels Prometheus adds (``job``,
-``instance``) are ignored, so the same exporter scraped by two jobs is one series. The
-exporter's scrape job must use ``honor_labels: true`` so its ``namespace``/``pod`` labels are
-kept as they are.
+namespace, pod, pod_uid, exporter_instance); ``job`` and ``instance`` are not part of a
+series' identity. The allocated counter is read from every job on purpose: series with the
+exporter's metric names from any other job are thereby seen, ignored and reported (a
+``job`` matcher would hide them); the active counter is read from the exporter's job only.
+Which samples count is :mod:`kubemeter_operator.metering.trust`'s decision: the exporter's
+scrape job (``--exporter-job``), a target ``instance`` that is an exporter pod's
+``<pod IP>:<port>`` (``--exporter-namespace``, ``--exporter-selector``), on the node the
+series' ``node`` label names, and a valid value.
+
+That check is only as good as the scrape configuration, which must keep two promises:
+
+* the exporter's job is the only one with ``honor_labels: true`` (any job with it lets its
+  targets write their own ``job``, ``instance`` and ``namespace`` labels), and
+* it discovers the exporter pods only (their namespace, their labels) and keeps
+  ``instance`` = ``<pod IP>:<port>``::
+
+    - job_name: kubemeter-exporter
+      honor_labels: true            # the exporter's namespace/pod labels name the tenant
+      kubernetes_sd_configs:
+        - role: pod
+          namespaces: {names: [kubemeter]}
+      relabel_configs:
+        - {source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_component],
+           regex: exporter, action: keep}
+        - {source_labels: [__meta_kubernetes_pod_container_port_name],
+           regex: metrics, action: keep}
+        - {source_labels: [__address__], target_label: instance}   # <pod IP>:<port>
+
+A target elsewhere that exposes ``kubemeter_gpu_*`` counters naming another tenant is then
+scraped with its own job (and, without ``honor_labels``, its own ``namespace``): ignored.
 
 LLM tokens: meters of kind promptTokens / completionTokens / cachedPromptTokens that carry a
 ``source`` (a :class:`PrometheusSource`) are read the same way::
 
     last_over_time(<source.metric>{<source.labels>}[<span>ms])             @ window end
 
-The series must carry the pod's namespace and name as ``namespace`` and ``pod`` labels, which
-the usual Kubernetes service-discovery relabelling adds::
+Token series come only from the jobs a PricePlan names: a ``job`` entry in
+``source.labels`` is a matcher of the query, so only that job's series are read. A source
+without one accepts any job; its series are attributed by their ``namespace`` and ``pod``
+labels under the tenancy rule (:mod:`~kubemeter_operator.metering.tenancy`: the Tenant that
+owns the namespace, and, when it has a podSelector, only a pod the operator knows with
+matching labels; anything else is ``_unassigned``, never dropped). Those labels are the
+target's own when the scrape job sets them from service discovery without ``honor_labels``,
+so a pod can only report tokens for its own namespace::
 
     relabel_configs:
       - {source_labels: [__meta_kubernetes_namespace], target_label: namespace}
       - {source_labels: [__meta_kubernetes_pod_name], target_label: pod}
 
-and the model in ``source.modelLabel`` (vLLM: ``model_name``). For vLLM the sources are
+(Requiring a known pod for every token series was considered and not done: pods deleted more
+than the pod registry's retention before a backfilled window would lose real usage.)
+The model is in ``source.modelLabel`` (vLLM: ``model_name``). For vLLM the sources are
 ``vllm:prompt_tokens_total`` and ``vllm:generation_tokens_total`` (see :data:`VLLM_PROMPT`,
 :data:`VLLM_COMPLETION`); cached prompt tokens come from an optional counter named in a
 ``cachedPromptTokens`` meter's source. Token meters without a source are fed by the events

@@ -5,108 +5,37 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from unit.metering.metering_fakes import (
+    ACTIVE,
+    ALLOC,
+    CFG,
+    PLANS,
+    PODS,
+    T0,
+    TENANTS,
+    FakePrometheus,
+    gpu_totals,
+    plan,
+    tenant,
+    token_meter,
+)
 
-from kubemeter_exporter import contract
-from kubemeter_operator.api.priceplan import PricePlanSpec
-from kubemeter_operator.api.tenant import Tenant
-from kubemeter_operator.errors import InputError, PrometheusUnavailableError, TransientError
+from kubemeter_operator.errors import InputError, TransientError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
-from kubemeter_operator.metering.pods import PodMeta, PodRegistry, StaticPodDirectory
-from kubemeter_operator.metering.prometheus import Sample, last_value_query, selector
+from kubemeter_operator.metering.pods import PodMeta, PodRegistry
+from kubemeter_operator.metering.prometheus import last_value_query, selector
 from kubemeter_operator.metering.tenancy import UNASSIGNED
 from kubemeter_operator.usage.periods import Period
-
-ALLOC = contract.GPU_ALLOCATED_MS.name
-ACTIVE = contract.GPU_ACTIVE_MS.name
-CFG = MeteringConfig(
-    step=timedelta(seconds=15),
-    lag=timedelta(seconds=30),
-    max_window=timedelta(minutes=5),
-    scrape_margin=timedelta(minutes=2),
-)
-T0 = datetime(2026, 11, 10, 12, 0, 0, tzinfo=UTC)
-
-
-class FakePrometheus:
-    """Series values per metric; queries return them (or fail when ``down``)."""
-
-    def __init__(self) -> None:
-        self.series: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-        self.down = False
-        self.failing: set[str] = set()
-        self.queries: list[tuple[str, datetime]] = []
-
-    def set(self, metric: str, labels: Mapping[str, str], value: float) -> None:
-        self.series.setdefault(metric, {})[tuple(sorted(labels.items()))] = value
-
-    def gpu(self, ns: str, pod: str, alloc: int, active: int, **extra: str) -> None:
-        labels = {
-            "node": "n1", "gpu_uuid": extra.get("gpu_uuid", "GPU-1"),
-            "gpu_model": "NVIDIA H100 80GB HBM3", "mig_profile": extra.get("mig_profile", ""),
-            "namespace": ns, "pod": pod, "pod_uid": f"uid-{ns}-{pod}",
-            "exporter_instance": extra.get("instance", "i1"),
-            "job": extra.get("job", "kubemeter-exporter"),
-        }  # fmt: skip
-        self.set(ALLOC, labels, alloc)
-        self.set(ACTIVE, labels, active)
-
-    def query(self, promql: str, at: datetime) -> list[Sample]:
-        self.queries.append((promql, at))
-        if self.down:
-            raise PrometheusUnavailableError("prometheus http://fake unreachable")
-        m = re.match(r"last_over_time\(([a-zA-Z_:][a-zA-Z0-9_:]*)", promql)
-        assert m, promql
-        if m.group(1) in self.failing:
-            raise InputError("query", "bad")
-        return [Sample(dict(k), v) for k, v in self.series.get(m.group(1), {}).items()]
-
-
-def tenant(name: str, namespaces: list[str], plan: str = "std", **spec: Any) -> Tenant:
-    return Tenant.model_validate(
-        {
-            "metadata": {"name": name, "creationTimestamp": f"2026-01-0{len(name)}T00:00:00Z"},
-            "spec": {"pricePlanRef": {"name": plan}, "namespaces": namespaces, **spec},
-        }
-    )
-
-
-def plan(*meters: dict[str, Any]) -> PricePlanSpec:
-    base = {"name": "gpu", "kind": "gpuTime", "unit": "gpu-hour",
-            "pricing": {"model": "flat", "unitPrice": "2"}}  # fmt: skip
-    return PricePlanSpec.model_validate({"currency": "USD", "meters": [base, *meters]})
-
-
-def token_meter(name: str, kind: str, metric: str) -> dict[str, Any]:
-    return {
-        "name": name, "kind": kind, "unit": "1m-tokens",
-        "pricing": {"model": "flat", "unitPrice": "1"},
-        "source": {"metric": metric, "modelLabel": "model_name"},
-    }  # fmt: skip
-
-
-TENANTS = [
-    tenant("acme", ["team-a"]),
-    tenant("beta", ["team-b"], podSelector={"matchLabels": {"app": "infer"}}),
-]
-PLANS = {"std": plan()}
-PODS = StaticPodDirectory(
-    [
-        PodMeta("team-a", "train", "uid-team-a-train", {"app": "train"}),
-        PodMeta("team-b", "infer", "uid-team-b-infer", {"app": "infer"}),
-        PodMeta("team-b", "web", "uid-team-b-web", {"app": "web"}),
-    ]
-)
 
 
 @pytest.fixture
@@ -115,26 +44,22 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
         yield led
 
 
-NOV = Period(2026, 11)
-
-
-def gpu_totals(ledger: Ledger, period: Period = NOV) -> dict[str, tuple[int, int]]:
-    out: dict[str, tuple[int, int]] = {}
-    for t, totals in ledger.all_period_totals(period).items():
-        for k, q in totals.items():
-            if k.kind == "gpu":
-                a, b = out.get(t, (0, 0))
-                out[t] = (a + q.allocated_ms, b + q.active_ms)
-    return out
-
-
 def make(ledger: Any, prom: FakePrometheus, **kw: Any) -> MeteringCycle:
     return MeteringCycle(
         ledger, prom, PODS, CFG, metrics=MeteringMetrics(CollectorRegistry()), **kw
     )
 
 
-def test_first_cycle_then_deltas_per_tenant(ledger: Ledger) -> None:
+def started(ledger: Any, prom: FakePrometheus, **kw: Any) -> MeteringCycle:
+    """A cycle past its first window (the metering start: a baseline of what is there)."""
+    cycle = make(ledger, prom, **kw)
+    r = cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=47))
+    assert r.window is not None
+    assert r.accepted == 0
+    return cycle
+
+
+def test_first_window_is_the_baseline_then_deltas_per_tenant(ledger: Ledger) -> None:
     prom = FakePrometheus()
     prom.gpu("team-a", "train", 1000, 400)
     prom.gpu("team-b", "infer", 500, 100, gpu_uuid="GPU-2")
@@ -145,13 +70,9 @@ def test_first_cycle_then_deltas_per_tenant(ledger: Ledger) -> None:
     r = cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=47))
     assert r.window is not None
     assert (r.window.start, r.window.end) == (T0, T0 + timedelta(seconds=15))
-    assert r.tenants["acme"].allocated_ms == 1000
-    assert r.tenants[UNASSIGNED].allocated_ms == 550
-    assert {(u.namespace, u.pod) for u in r.unassigned} == {
-        ("team-b", "web"),
-        ("team-z", "x"),
-        ("", ""),
-    }
+    # the counters' values before the ledger existed are the baseline: nothing is billed
+    assert r.tenants == {}
+    assert r.accepted == 0
     assert r.sources["gpu"].ok
     assert r.sources["gpu"].series == 5
     # the query is the raw last value at the window end, span = window + margin
@@ -161,14 +82,27 @@ def test_first_cycle_then_deltas_per_tenant(ledger: Ledger) -> None:
         == f"last_over_time({ALLOC}[{(CFG.initial_lookback + CFG.scrape_margin).seconds * 1000}ms])"
     )
     assert at == r.window.end
+    ck = ledger.get_checkpoint("metering")
+    assert ck is not None
+    assert len(ck["gpu"]) == 5
 
-    prom.gpu("team-a", "train", 1600, 500)
+    prom.gpu("team-a", "train", 2000, 800)
+    prom.gpu("team-b", "infer", 700, 150, gpu_uuid="GPU-2")
+    prom.gpu("team-b", "web", 400, 0, gpu_uuid="GPU-3")
+    prom.gpu("team-z", "x", 260, 0, gpu_uuid="GPU-4")
+    prom.gpu("", "", 70, 0, gpu_uuid="GPU-5")
     r2 = cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
     assert r2.window is not None
     assert r2.window.start == r.window.end
-    assert set(r2.tenants) == {"acme"}
+    assert r2.tenants["acme"].allocated_ms == 1000
+    assert r2.tenants[UNASSIGNED].allocated_ms == 180
+    assert {(u.namespace, u.pod) for u in r2.unassigned} == {
+        ("team-b", "web"),
+        ("team-z", "x"),
+        ("", ""),
+    }
     assert prom.queries[-1][0] == f"last_over_time({ACTIVE}[{(15 + 120) * 1000}ms])"
-    assert gpu_totals(ledger) == {"acme": (1600, 500), "beta": (500, 100), UNASSIGNED: (550, 0)}
+    assert gpu_totals(ledger) == {"acme": (1000, 400), "beta": (200, 50), UNASSIGNED: (180, 0)}
     ck = ledger.get_checkpoint("metering")
     assert ck is not None
     assert ck["time"] == "2026-11-10T12:00:30Z"
@@ -184,17 +118,18 @@ def test_not_due_returns_no_window(ledger: Ledger) -> None:
 
 def test_duplicate_scrape_jobs_count_once(ledger: Ledger) -> None:
     prom = FakePrometheus()
+    cycle = started(ledger, prom)
     prom.gpu("team-a", "train", 1000, 0, job="a")
     prom.gpu("team-a", "train", 1000, 0, job="b")
-    make(ledger, prom).run(TENANTS, PLANS, now=T0 + timedelta(seconds=47))
+    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
     assert gpu_totals(ledger) == {"acme": (1000, 0)}
 
 
 def test_prometheus_down_moves_nothing(ledger: Ledger) -> None:
     prom = FakePrometheus()
+    cycle = started(ledger, prom)
     prom.gpu("team-a", "train", 1000, 0)
-    cycle = make(ledger, prom)
-    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=47))
+    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
     before = ledger.get_checkpoint("metering")
     prom.down = True
     with pytest.raises(TransientError):
@@ -217,35 +152,35 @@ def test_prometheus_down_moves_nothing(ledger: Ledger) -> None:
 
 def test_exporter_restart_is_not_double_counted(ledger: Ledger) -> None:
     prom = FakePrometheus()
+    cycle = started(ledger, prom)
     prom.gpu("team-a", "train", 5000, 1000, instance="i1")
-    cycle = make(ledger, prom)
-    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=47))
+    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
     prom.gpu("team-a", "train", 5200, 1100, instance="i1")  # last value before the restart
     prom.gpu("team-a", "train", 300, 30, instance="i2")  # the new instance, from 0
-    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
+    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=77))
     assert gpu_totals(ledger) == {"acme": (5500, 1130)}
 
 
 def test_counter_reset_counts_the_new_value(ledger: Ledger) -> None:
     prom = FakePrometheus()
+    cycle = started(ledger, prom)
     prom.gpu("team-a", "train", 5000, 1000)
-    cycle = make(ledger, prom)
-    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=47))
-    prom.gpu("team-a", "train", 70, 7)
     cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
-    prom.gpu("team-a", "train", 100, 10)
+    prom.gpu("team-a", "train", 70, 7)
     cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=77))
+    prom.gpu("team-a", "train", 100, 10)
+    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=92))
     assert gpu_totals(ledger) == {"acme": (5100, 1010)}
 
 
 def test_active_above_allocated_is_carried(ledger: Ledger) -> None:
     prom = FakePrometheus()
+    cycle = started(ledger, prom)
     prom.gpu("team-a", "train", 1000, 1200)  # active read from a newer scrape
-    cycle = make(ledger, prom)
-    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=47))
+    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
     assert gpu_totals(ledger) == {"acme": (1000, 1000)}
     prom.gpu("team-a", "train", 2000, 1300)
-    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
+    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=77))
     assert gpu_totals(ledger) == {"acme": (2000, 1300)}
 
 
@@ -271,17 +206,19 @@ def test_backfill_splits_at_period_boundary(ledger: Ledger) -> None:
 
 def test_mig_profile_and_unknown_model_labels(ledger: Ledger) -> None:
     prom = FakePrometheus()
+    cycle = started(ledger, prom)
     prom.gpu("team-a", "train", 100, 0, mig_profile="1g.10gb", gpu_uuid="MIG-1")
     prom.gpu("team-a", "train", 100, 0, mig_profile="weird", gpu_uuid="MIG-2")
-    make(ledger, prom).run(TENANTS, PLANS, now=T0 + timedelta(seconds=47))
+    cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
     keys = {(k.model, k.mig_profile) for k in ledger.period_totals("acme", Period(2026, 11))}
     assert keys == {("NVIDIA H100 80GB HBM3", "1g.10gb"), ("NVIDIA H100 80GB HBM3", "")}
 
 
 def test_conflict_from_another_replica_reloads_and_continues(ledger: Ledger) -> None:
     prom = FakePrometheus()
+    started(ledger, prom)
     prom.gpu("team-a", "train", 1000, 0)
-    now = T0 + timedelta(seconds=47)
+    now = T0 + timedelta(seconds=62)
 
     class Racing:
         """The first write loses the race: the other replica commits the same window."""
@@ -293,13 +230,21 @@ def test_conflict_from_another_replica_reloads_and_continues(ledger: Ledger) -> 
             return ledger.get_checkpoint(name)
 
         def record_windows(
-            self, windows: Any, *, checkpoints: Any = None, expect_checkpoints: Any = None
+            self,
+            windows: Any,
+            *,
+            checkpoints: Any = None,
+            expect_checkpoints: Any = None,
+            quarantine: Any = (),
         ) -> Any:
             if not self.raced:
                 self.raced = True  # the other replica commits between our read and write
                 make(ledger, prom).run(TENANTS, PLANS, now=now + timedelta(seconds=15))
             return ledger.record_windows(
-                windows, checkpoints=checkpoints, expect_checkpoints=expect_checkpoints
+                windows,
+                checkpoints=checkpoints,
+                expect_checkpoints=expect_checkpoints,
+                quarantine=quarantine,
             )
 
     r = make(Racing(), prom).run(TENANTS, PLANS, now=now)
@@ -436,11 +381,12 @@ def test_unassigned_cli_lists_pods(tmp_path: Path, capsys: pytest.CaptureFixture
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     prom = FakePrometheus()
-    prom.gpu("team-z", "x", 7_200_000, 100, gpu_uuid="GPU-4")
-    prom.gpu("team-b", "web", 300, 0, gpu_uuid="GPU-3")
-    prom.gpu("team-a", "train", 999, 0)
     with Ledger.open(url) as led:
-        make(led, prom).run(TENANTS, PLANS, now=T0 + timedelta(seconds=47))
+        cycle = started(led, prom)
+        prom.gpu("team-z", "x", 7_200_000, 100, gpu_uuid="GPU-4")
+        prom.gpu("team-b", "web", 300, 0, gpu_uuid="GPU-3")
+        prom.gpu("team-a", "train", 999, 0)
+        cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
     assert main(["unassigned", "--period", "2026-11", "--db", url]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["NAMESPACE", "POD", "GPU-HOURS"]
@@ -452,3 +398,22 @@ def test_unassigned_cli_lists_pods(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["unassigned", "--period", "2026-10", "--db", url]) == 0
     assert "no unassigned usage" in capsys.readouterr().out
     assert main(["unassigned", "--period", "2026-13", "--db", url]) == 2
+
+
+def test_a_series_named_by_pod_uid_only_is_billed_to_the_pods_tenant(ledger: Ledger) -> None:
+    """The exporter names a pod by its UID alone when pod-resources lists no allocation for
+    it (it reached the GPU without one); the operator's pod registry knows its name."""
+    prom = FakePrometheus()
+    labels = {"node": "n1", "gpu_uuid": "GPU-9", "gpu_model": "NVIDIA H100 80GB HBM3",
+              "namespace": "", "pod": "", "pod_uid": "uid-team-a-train",
+              "exporter_instance": "i1", "job": "kubemeter-exporter"}  # fmt: skip
+    prom.set(ALLOC, labels, 100)
+    prom.set(ACTIVE, labels, 10)
+    cycle = started(ledger, prom)
+    prom.set(ALLOC, labels, 1100)
+    prom.set(ACTIVE, labels, 510)
+    r = cycle.run(TENANTS, PLANS, now=T0 + timedelta(seconds=62))
+    assert r.tenants["acme"].allocated_ms == 1000
+    assert r.tenants["acme"].active_ms == 500
+    (record,) = ledger.window_records("acme", Period(2026, 11))
+    assert (record.namespace, record.pod) == ("team-a", "train")

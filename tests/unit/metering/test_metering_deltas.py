@@ -59,18 +59,23 @@ def test_deltas_map() -> None:
     assert {k: v.delta for k, v in out.items()} == {"a": (5,), "b": (3,)}
 
 
-def test_advance_updates_keeps_and_prunes() -> None:
+def test_advance_updates_keeps_tombstones_and_prunes_old_ones() -> None:
     prev = {
         "a": dl.SeriesPoint((10,), 1_000),
         "idle": dl.SeriesPoint((5,), 9_000),
         "old": dl.SeriesPoint((5,), 1_000),
     }
-    out = dl.advance(prev, {"a": (12,), "new": (1,)}, seen_ms=10_000, prune_before_ms=5_000)
-    assert out == {
-        "a": dl.SeriesPoint((12,), 10_000),
-        "idle": dl.SeriesPoint((5,), 9_000),
-        "new": dl.SeriesPoint((1,), 10_000),
-    }
+    now = {"a": dl.SeriesPoint((12,), 10_000), "new": dl.SeriesPoint((1,), 10_000)}
+    out = dl.advance(prev, now, prune_before_ms=5_000)
+    assert out == {**now, "idle": dl.SeriesPoint((5,), 9_000)}
+
+
+def test_advance_caps_tombstones_keeping_the_most_recent() -> None:
+    prev = {f"s{i}": dl.SeriesPoint((i,), 1_000 + i) for i in range(10)}
+    live = {"s0": dl.SeriesPoint((0,), 5_000)}
+    out = dl.advance(prev, live, prune_before_ms=0, max_tombstones=3)
+    assert set(out) == {"s0", "s9", "s8", "s7"}  # the live series never counts as one
+    assert dl.advance(prev, live, prune_before_ms=0, max_tombstones=0) == live
 
 
 def test_encode_decode_roundtrip() -> None:
