@@ -1,4 +1,9 @@
-"""``kubemeter-exporter``: the GPU exporter's command line."""
+"""``kubemeter-exporter``: the GPU exporter's command line.
+
+The exporter talks to NVML, the kubelet's pod-resources socket and ``/proc``; it never
+talks to the Kubernetes API. ``--kubeconfig`` and ``--no-kube`` are accepted for
+compatibility with older command lines and do nothing.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +27,6 @@ from kubemeter_exporter.podresources.client import (
     PodResourcesClient,
     PodResourcesLister,
 )
-from kubemeter_exporter.pods import PodSource, StaticPodSource, kube_pod_source
 from kubemeter_exporter.server import ExporterServer
 
 log = logging.getLogger("kubemeter_exporter")
@@ -103,9 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--kubeconfig",
         default=None,
-        help="kubeconfig for pod metadata (default: in-cluster config when running in a pod)",
+        help="ignored (kept for old command lines): the exporter reads no Kubernetes API",
     )
-    p.add_argument("--no-kube", action="store_true", help="do not read pods from the API server")
+    p.add_argument(
+        "--no-kube",
+        action="store_true",
+        help="ignored (kept for old command lines): the exporter never reads the API server",
+    )
     p.add_argument(
         "--series-retention",
         type=parse_duration,
@@ -124,9 +132,10 @@ def build(args: argparse.Namespace) -> tuple[Collector, list[object]]:
     clock: Clock
     backend: NvmlBackend
     lister: PodResourcesLister
-    pods: PodSource
     closers: list[object] = []
     interval = float(args.interval)
+    if args.kubeconfig:
+        log.info("--kubeconfig is ignored: pods are named by the kubelet and cgroups only")
     if args.simulate:
         from kubemeter_exporter.scenario import Scenario
         from kubemeter_exporter.simulation import SimulatedNode
@@ -134,59 +143,32 @@ def build(args: argparse.Namespace) -> tuple[Collector, list[object]]:
         scenario = Scenario.load(args.simulate)
         clock = ScaledClock(args.speed)
         node_name = args.node_name or scenario.node
-        resolver = None
-        kube = None
-        if args.kubeconfig:
-            # Scenario pods are matched by namespace/name to real pods (e.g. kwok).
-            kube = kube_pod_source(node_name, args.kubeconfig)
-            kube.start()
-            closers.append(kube)
-
-            def resolver(namespace: str, name: str) -> str | None:
-                assert kube is not None
-                pod = kube.get_by_name(namespace, name)
-                return pod.uid if pod else None
-
-        sim = SimulatedNode(scenario, clock, proc_root=args.proc_root, uid_resolver=resolver)
+        sim = SimulatedNode(scenario, clock, proc_root=args.proc_root)
         closers.append(sim)
         backend, lister = sim.backend, sim.pod_resources
-        pods = kube if kube is not None else sim.pods
         proc_root = str(sim.proc_root)
         max_billable_ms = round(1000 * (args.max_billable or default_cap_s(interval)) * args.speed)
-        require_known = kube is not None
     else:
         from kubemeter_exporter.nvml.real import RealNvml
 
         clock = SystemClock()
         node_name = args.node_name or socket.gethostname()
         backend = RealNvml()
-        lister = PodResourcesClient(args.pod_resources_socket)
+        client = PodResourcesClient(args.pod_resources_socket)
+        closers.append(client)
+        lister = client
         proc_root = args.proc_root or "/proc"
         max_billable_ms = round(1000 * (args.max_billable or default_cap_s(interval)))
-        require_known = False
-        if args.no_kube or (not args.kubeconfig and "KUBERNETES_SERVICE_HOST" not in os.environ):
-            if not args.no_kube:
-                log.warning(
-                    "not in a cluster and no --kubeconfig: pods are identified by "
-                    "the kubelet and cgroups only"
-                )
-            pods = StaticPodSource()
-        else:
-            kube = kube_pod_source(node_name, args.kubeconfig)
-            kube.start()
-            closers.append(kube)
-            pods = kube
     collector = Collector(
         backend,
         lister,
-        pods,
+        None,
         ProcCgroupReader(proc_root),
         node=node_name,
         interval_s=interval,
         clock=clock,
         max_billable_ms=max_billable_ms,
         series_retention_s=args.series_retention,
-        require_known_pods=require_known,
         process_metrics=not args.no_process_metrics,
     )
     return collector, closers

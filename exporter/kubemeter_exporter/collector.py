@@ -17,6 +17,18 @@ Accounting rules (see also ``contract.py``):
   by process count when per-process utilisation is NOT_SUPPORTED, or presence (1 when the
   pod has a process on the device) when the device reports no utilisation (MIG). The
   fraction is carried per series in integer units of ``1/SHARE_DEN`` ms.
+
+Attribution (no Kubernetes API; see ``binding.py``):
+
+* The pods holding a device come from pod-resources: series
+  ``(namespace, pod, pod_uid)`` with ``pod_uid`` once the pod's processes have been bound to
+  it (``""`` before), billed allocated time whether or not they run anything.
+* A GPU process's pod UID comes from its cgroup. A bound UID is billed on its pod's series;
+  a free UID (no pod holding a device can be it) on ``("", "", uid)``; a process of no pod
+  on ``("", "", "")``. An ambiguous UID (it may be one of the pods billed by name) is billed
+  nowhere and counted, like processes of no pod, as unattributed.
+* Each round first queries NVML for every device, then binds with what all devices showed,
+  then counts.
 """
 
 from __future__ import annotations
@@ -30,10 +42,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from kubemeter_exporter import contract as c
+from kubemeter_exporter.binding import Devices, PodBinder, PodRef
 from kubemeter_exporter.cgroups import ProcCgroupReader
 from kubemeter_exporter.clock import Clock, SystemClock
 from kubemeter_exporter.devices import Device, Topology
 from kubemeter_exporter.nvml.base import (
+    DeviceSample,
     NvmlBackend,
     NvmlError,
     NvmlGpuLostError,
@@ -44,7 +58,6 @@ from kubemeter_exporter.nvml.base import (
     ProcessUtilSample,
 )
 from kubemeter_exporter.podresources.client import ContainerAllocation, PodResourcesLister
-from kubemeter_exporter.pods import PodSource
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +95,7 @@ class DeviceState:
     utilization: int | None = None
     memory_used: int = 0
     unattributed: int = 0
+    unbillable: int = 0  # processes of pods that could not be told apart (last sample)
     gap_count: int = 0
     gap_ms: int = 0
 
@@ -107,14 +121,34 @@ class Health:
     last_error: str = ""
 
 
+@dataclass(slots=True)
+class DeviceRound:
+    """What NVML said about one device in this round, before attribution."""
+
+    uuid: str
+    dev: Device
+    st: DeviceState
+    dt_ms: int
+    ds: DeviceSample
+    procs: list[ProcessInfo]
+    uids: list[str]  # pod UID of each of ``procs`` ("" = no pod), filled after the queries
+    util_sum: dict[int, int]
+    util_n: dict[int, int]
+
+
 class Collector:
-    """Samples NVML and attributes usage to pods. ``sample()`` never raises."""
+    """Samples NVML and attributes usage to pods. ``sample()`` never raises.
+
+    ``pods`` is ignored: attribution reads no pod metadata (pod-resources and cgroups name
+    the pods). The parameter stays so callers written for the API-backed exporter keep
+    working; pass None.
+    """
 
     def __init__(
         self,
         backend: NvmlBackend,
         pod_resources: PodResourcesLister | None,
-        pods: PodSource,
+        pods: object | None,
         cgroups: ProcCgroupReader,
         *,
         node: str,
@@ -124,12 +158,10 @@ class Collector:
         instance: str | None = None,
         series_retention_s: float = 3600.0,
         rediscover_s: float = 60.0,
-        require_known_pods: bool = False,
         process_metrics: bool = True,
     ) -> None:
         self.backend = backend
         self.pod_resources = pod_resources
-        self.pods = pods
         self.cgroups = cgroups
         self.node = node
         self.interval_s = interval_s
@@ -142,7 +174,6 @@ class Collector:
         self.instance = instance or secrets.token_hex(6)
         self.series_retention_ns = int(series_retention_s * 1e9)
         self.rediscover_ns = int(rediscover_s * 1e9)
-        self.require_known_pods = require_known_pods
         self.process_metrics = process_metrics
         self.start_time = self.clock.time()
 
@@ -152,10 +183,13 @@ class Collector:
         self.processes: list[ProcessRow] = []
         self.health = Health()
         self.topology: Topology | None = None
+        self.binder = PodBinder()
         self._topology_ns: int = 0
         self._topology_stale = True
         self._allocations: list[ContainerAllocation] = []
         self._allocations_ns: int | None = None
+        self._holdings_for: tuple[Topology, list[ContainerAllocation]] | None = None
+        self._holdings_cache: tuple[dict[PodRef, Devices], dict[str, list[PodRef]]] = ({}, {})
         self._last_log: dict[str, float] = {}
         self._no_proc_util_logged: set[str] = set()
         self._missing_gpus: set[str] = set()
@@ -224,9 +258,11 @@ class Collector:
         return True
 
     # ---------------------------------------------------------------- attribution
-    def _read_allocations(self, now_ns: int) -> list[ContainerAllocation]:
+    def _read_allocations(self, now_ns: int) -> list[ContainerAllocation] | None:
+        """The kubelet's allocations; None when they are not known (no lister, or the
+        kubelet has not answered for longer than the billable cap)."""
         if self.pod_resources is None:
-            return []
+            return None
         try:
             allocs = self.pod_resources.list()
         except Exception as err:
@@ -237,34 +273,64 @@ class Collector:
                 and now_ns - self._allocations_ns <= self.max_billable_ms * NS_PER_MS
             ):
                 return self._allocations
-            return []
+            return None
         self._allocations = allocs
         self._allocations_ns = now_ns
         return allocs
 
-    def _allocated_pods(
-        self, topo: Topology, allocs: Iterable[ContainerAllocation]
-    ) -> dict[str, set[PodKey]]:
-        out: dict[str, set[PodKey]] = {}
+    def _cached_holdings(
+        self, topo: Topology, allocs: list[ContainerAllocation] | None
+    ) -> tuple[dict[PodRef, Devices] | None, dict[str, list[PodRef]]]:
+        if allocs is None:
+            return None, {}
+        last = self._holdings_for
+        if last is None or last[0] is not topo or last[1] != allocs:
+            holdings, holders = self._holdings(topo, allocs)
+            assert holdings is not None
+            self._holdings_for = (topo, allocs)
+            self._holdings_cache = (holdings, holders)
+        return self._holdings_cache
+
+    @staticmethod
+    def _holdings(
+        topo: Topology, allocs: Iterable[ContainerAllocation] | None
+    ) -> tuple[dict[PodRef, Devices] | None, dict[str, list[PodRef]]]:
+        """Devices per listed pod (None: unknown) and the pods holding each device.
+
+        A pod whose devices are no GPU of ours, or a GPU missing from the topology right
+        now (fallen off the bus), is listed with no devices: it holds nothing we bill, and
+        the binder keeps what it knows about it."""
+        if allocs is None:
+            return None, {}
+        held: dict[PodRef, set[str]] = {}
         for a in allocs:
-            pod = self.pods.get_by_name(a.namespace, a.pod)
-            if pod is None and self.require_known_pods:
-                continue
-            key: PodKey = (a.namespace, a.pod, pod.uid if pod else "")
+            devs = held.setdefault((a.namespace, a.pod), set())
             for did in a.device_ids:
                 uuid = topo.resolve(did)
                 if uuid is not None:
-                    out.setdefault(uuid, set()).add(key)
-        return out
+                    devs.add(uuid)
+        holdings: dict[PodRef, Devices] = {}
+        by_device: dict[str, list[PodRef]] = {}
+        for pod, devs in held.items():
+            holdings[pod] = frozenset(devs)
+            for uuid in devs:
+                by_device.setdefault(uuid, []).append(pod)
+        return holdings, by_device
 
-    def _process_key(self, pid: int) -> PodKey:
+    def _uid(self, pid: int) -> str:
         ident = self.cgroups.lookup(pid)
-        if ident is None:
+        return ident.pod_uid if ident is not None else ""
+
+    def _uid_key(self, uid: str) -> PodKey | None:
+        """The series of a process of pod ``uid``; None when it may not be billed."""
+        if not uid:
             return UNATTRIBUTED
-        pod = self.pods.get_by_uid(ident.pod_uid)
-        if pod is None:
-            return UNATTRIBUTED if self.require_known_pods else ("", "", ident.pod_uid)
-        return (pod.namespace, pod.name, pod.uid)
+        pod = self.binder.pod_of(uid)
+        if pod is not None:
+            return (pod[0], pod[1], uid)
+        if uid in self.binder.ambiguous:
+            return None
+        return ("", "", uid)
 
     # ---------------------------------------------------------------- one round
     def sample(self) -> None:
@@ -285,16 +351,14 @@ class Collector:
             return
         topo = self.topology
         assert topo is not None
-        allocated = self._allocated_pods(topo, self._read_allocations(now_ns))
-        processes: list[ProcessRow] = []
-        live_pids: set[int] = set()
-        ok_devices = 0
+        holdings, holders = self._cached_holdings(topo, self._read_allocations(now_ns))
+        rounds: list[DeviceRound] = []
         with self.lock:
             self._mark_absent(now_ns)
             for uuid, dev in topo.devices.items():
                 st = self.device_state.setdefault(uuid, DeviceState())
                 try:
-                    rows = self._sample_device(uuid, dev, st, allocated.get(uuid, set()), now_ns)
+                    rounds.append(self._query_device(uuid, dev, st, now_ns))
                 except NvmlUnavailableError as err:
                     self._nvml_error(err, uuid)
                     self.health.nvml_up = False
@@ -306,13 +370,23 @@ class Collector:
                 except NvmlError as err:
                     self._nvml_error(err, uuid)
                     continue
-                ok_devices += 1
-                processes.extend(rows)
-                live_pids.update(r.pid for r in rows)
+            # Who runs where, on every device that answered, then one binding for all.
+            seen: dict[str, set[str]] = {}
+            for r in rounds:
+                r.uids = [self._uid(p.pid) for p in r.procs]
+                for uid in r.uids:
+                    if uid:
+                        seen.setdefault(uid, set()).add(r.uuid)
+            self.binder.update(holdings, seen)
+            processes: list[ProcessRow] = []
+            live_pids: set[int] = set()
+            for r in rounds:
+                processes.extend(self._account(r, holders.get(r.uuid, ()), now_ns))
+                live_pids.update(p.pid for p in r.procs)
             self.processes = processes if self.process_metrics else []
             self._expire(now_ns)
             self.health.samples += 1
-            if ok_devices or not topo.devices:
+            if rounds or not topo.devices:
                 self.health.last_sample_wall = self.clock.time()
         self.cgroups.retain(live_pids)
 
@@ -330,9 +404,8 @@ class Collector:
         for k in dead:
             del self.series[k]
 
-    def _sample_device(
-        self, uuid: str, dev: Device, st: DeviceState, alloc: set[PodKey], now_ns: int
-    ) -> list[ProcessRow]:
+    def _query_device(self, uuid: str, dev: Device, st: DeviceState, now_ns: int) -> DeviceRound:
+        """NVML's answers for one device, and the time since its last good sample."""
         b = self.backend
         ds = b.device_sample(uuid)
         procs: list[ProcessInfo] = b.compute_processes(uuid)
@@ -384,25 +457,45 @@ class Collector:
             if ts > max_ts:
                 max_ts = ts
         st.last_seen_us = max_ts
+        return DeviceRound(uuid, dev, st, dt_ms, ds, procs, [], util_sum, util_n)
 
+    def _account(self, r: DeviceRound, holders: Iterable[PodRef], now_ns: int) -> list[ProcessRow]:
+        """Bill one device's interval to the pods on it; returns its process rows."""
+        uuid, st, ds, dt_ms = r.uuid, r.st, r.ds, r.dt_ms
+        util_sum, util_n = r.util_sum, r.util_n
+        binder = self.binder
         # ---- processes -> pods
         pod_procs: dict[PodKey, list[ProcessInfo]] = {}
+        unbillable: list[tuple[ProcessInfo, str]] = []  # ambiguous UIDs' processes
         unattributed = 0
-        for p in procs:
-            key = self._process_key(p.pid)
+        for p, uid in zip(r.procs, r.uids, strict=True):
+            key = self._uid_key(uid)
+            if key is None:
+                unattributed += 1
+                unbillable.append((p, uid))
+                continue
             if key == UNATTRIBUTED:
                 unattributed += 1
             pod_procs.setdefault(key, []).append(p)
-        keys = alloc | pod_procs.keys()
+        keys = {(ns, name, binder.uid_of((ns, name))) for ns, name in holders}
+        keys |= pod_procs.keys()
         # Samples of PIDs that exited before this sample still count for their pod, if the
         # pod is on the device now (they never make a pod appear by themselves).
-        listed = {p.pid for p in procs}
+        listed = {p.pid for p in r.procs}
         for pid in util_sum:
             if pid not in listed:
-                key = self._process_key(pid)
+                key = self._uid_key(self._uid(pid))
                 if key in keys:
                     pod_procs.setdefault(key, []).append(ProcessInfo(pid=pid, memory_used=0))
         st.unattributed = unattributed
+        if len(unbillable) != st.unbillable:
+            st.unbillable = len(unbillable)
+            log.info(
+                "%s: %d processes of pods sharing the device could not be told apart from "
+                "the pods holding it; their activity is not billed until they can",
+                uuid,
+                st.unbillable,
+            )
 
         # ---- share per pod (units of 1/SHARE_DEN)
         if st.proc_util_supported:
@@ -412,7 +505,7 @@ class Collector:
         else:
             st.util_source = c.UTIL_SOURCE_PRESENCE
         shares: dict[PodKey, int] = {}
-        n_total = sum(len(v) for v in pod_procs.values())
+        n_total = len(r.procs)  # unbillable processes take their part of the device too
         for key in keys:
             plist = pod_procs.get(key, [])
             if st.util_source == c.UTIL_SOURCE_PROCESS:
@@ -435,6 +528,7 @@ class Collector:
 
         # ---- counters
         rows: list[ProcessRow] = []
+        dev = r.dev
         for key in keys:
             skey = (uuid, key[0], key[1], key[2])
             series = self.series.get(skey)
@@ -462,10 +556,22 @@ class Collector:
             series.last_touch_ns = now_ns
             if self.process_metrics:
                 for p in plist:
-                    n = util_n.get(p.pid)
-                    util = util_sum[p.pid] / n if n else 0.0
-                    rows.append(ProcessRow(uuid, p.pid, key, util, p.memory_used))
+                    rows.append(
+                        ProcessRow(uuid, p.pid, key, _mean(util_sum, util_n, p.pid), p.memory_used)
+                    )
+        if self.process_metrics:
+            for p, uid in unbillable:  # shown (not billed) under their pod UID
+                rows.append(
+                    ProcessRow(
+                        uuid, p.pid, ("", "", uid), _mean(util_sum, util_n, p.pid), p.memory_used
+                    )
+                )
         return rows
+
+
+def _mean(util_sum: dict[int, int], util_n: dict[int, int], pid: int) -> float:
+    n = util_n.get(pid)
+    return util_sum[pid] / n if n else 0.0
 
 
 class SamplerThread:

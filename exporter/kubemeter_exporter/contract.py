@@ -14,9 +14,21 @@ Semantics the consumers rely on
 * Allocated ms: wall time (monotonic clock) the pod held the device, as seen at each sample.
   Sampling interval ``(t_prev, t_now]`` is billed to the pods that hold the device at
   ``t_now`` (right-point rule). A pod that holds several time-slicing replicas
-  (``<uuid>::N``) of one GPU is billed once for that GPU. Processes on a GPU whose pod holds
-  no allocation on it (or that belong to no pod) are billed to the pod they belong to, or to
-  the unattributed series (``namespace=""``, ``pod=""``, ``pod_uid=""``).
+  (``<uuid>::N``) of one GPU is billed once for that GPU.
+* Pod labels. ``namespace`` and ``pod`` come from the kubelet's pod-resources API (the pods
+  holding the device), ``pod_uid`` from the cgroups of the pod's processes; the exporter
+  reads no Kubernetes API and joins the two itself (``binding.py``). A pod holding the
+  device has ``pod_uid=""`` until its processes have been told apart from other pods',
+  then a new series with its ``pod_uid`` continues (sum the two). Processes of a pod that
+  holds no allocation on the GPU (e.g. ``NVIDIA_VISIBLE_DEVICES=all``) are billed to
+  ``namespace="" pod="" pod_uid="<uid>"`` (consumers name the pod by its UID); processes of
+  no pod to the unattributed series (``namespace=""``, ``pod=""``, ``pod_uid=""``).
+  Processes that may belong to one of several pods sharing the device (time-slicing) and
+  cannot be told apart are billed to no series (their pod's allocated time is billed by
+  name; its active time waits until they can be told apart) and counted in
+  ``kubemeter_exporter_unattributed_processes``. A pod's time is in one series at a time,
+  except for a pod whose processes also run on GPUs it holds no allocation on: it is billed
+  by name for what it holds and by UID alone where it runs.
 * Active ms: allocated ms x the pod's SM share over the interval, where
   ``share = min(1, sum over the pod's processes on the device of mean(smUtil samples)/100)``
   with samples from ``nvmlDeviceGetProcessUtilization`` (``util_source="process"``).
@@ -80,7 +92,7 @@ LABEL_EXPORTER_INSTANCE: Final = "exporter_instance"
 LABEL_BACKEND: Final = "backend"  # nvml | simulated
 LABEL_VERSION: Final = "version"
 LABEL_REASON: Final = "reason"
-LABEL_SOURCE: Final = "source"  # pod_resources | kube_api | proc | internal
+LABEL_SOURCE: Final = "source"  # pod_resources | internal
 
 UTIL_SOURCE_PROCESS: Final = "process"
 UTIL_SOURCE_DEVICE: Final = "device"
@@ -204,7 +216,7 @@ EXPORTER_NVML_ERRORS: Final = MetricSpec(
 EXPORTER_SOURCE_ERRORS: Final = MetricSpec(
     name="kubemeter_exporter_source_errors_total",
     type="counter",
-    help="Errors reading attribution sources (pod_resources, kube_api, proc, internal).",
+    help="Errors reading attribution sources (pod_resources, internal).",
     labels=(LABEL_NODE, LABEL_SOURCE),
 )
 EXPORTER_GAPS: Final = MetricSpec(
@@ -228,7 +240,8 @@ EXPORTER_COLLECTION_SECONDS: Final = MetricSpec(
 EXPORTER_UNATTRIBUTED_PROCESSES: Final = MetricSpec(
     name="kubemeter_exporter_unattributed_processes",
     type="gauge",
-    help="GPU processes at the last sample that could not be mapped to a pod.",
+    help="GPU processes at the last sample not billed to a pod: of no pod, or of a pod that "
+    "could not be told apart from the others sharing the device.",
     labels=(LABEL_NODE, LABEL_GPU_UUID),
 )
 

@@ -2,12 +2,9 @@
 
 ``SimulatedNode`` writes ``<proc_root>/<pid>/cgroup`` for every scenario process that
 belongs to a pod, varying the cgroup layout (v1/v2, systemd/cgroupfs) and runtime naming
-across pods, so the real attribution code runs unchanged.
-
-With ``uid_resolver`` (``--simulate`` together with ``--kubeconfig``) the pods come from
-the API server: a scenario pod is resolved by namespace/name to its real UID, and its
-processes' cgroup files are written only once that UID is known, so a pod that does not
-exist yet is simply not attributed until it appears.
+across pods, so the real attribution code runs unchanged: pod-resources gives the scenario
+pods' names, the cgroup files their UIDs, and the collector joins the two itself
+(``binding.py``), as on a real node.
 """
 
 from __future__ import annotations
@@ -15,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from kubemeter_exporter.cgroups import cgroup_text
@@ -24,8 +21,6 @@ from kubemeter_exporter.nvml.simulated import SimulatedNvml
 from kubemeter_exporter.podresources.client import ContainerAllocation, StaticPodResources
 from kubemeter_exporter.pods import PodInfo, StaticPodSource
 from kubemeter_exporter.scenario import CGROUP_STYLES, Scenario
-
-UidResolver = Callable[[str, str], str | None]
 
 
 def container_id(pod_uid: str, container: str) -> str:
@@ -39,7 +34,6 @@ class SimulatedNode:
         clock: Clock,
         *,
         proc_root: str | Path | None = None,
-        uid_resolver: UidResolver | None = None,
         epoch_ns: int | None = None,
     ) -> None:
         self.scenario = scenario
@@ -47,7 +41,6 @@ class SimulatedNode:
         self.backend = SimulatedNvml(scenario, clock, epoch_ns=epoch_ns)
         self._own_proc_root = proc_root is None
         self.proc_root = Path(proc_root or tempfile.mkdtemp(prefix="kubemeter-proc-"))
-        self.uid_resolver = uid_resolver
         self.pods = StaticPodSource(
             PodInfo(p.namespace, p.name, p.uid, dict(p.labels)) for p in scenario.pods
         )
@@ -60,15 +53,13 @@ class SimulatedNode:
         self.sync_proc()
 
     def _uid(self, namespace: str, name: str) -> str | None:
-        if self.uid_resolver is not None:
-            return self.uid_resolver(namespace, name)
         pod = self.pods.get_by_name(namespace, name)
         return pod.uid if pod else None
 
     def sync_proc(self) -> None:
         """Write the cgroup files of processes whose pod UID is known (idempotent)."""
         for proc in self.scenario.processes:
-            if proc.pid in self._written and self.uid_resolver is None:
+            if proc.pid in self._written:
                 continue
             d = self.proc_root / str(proc.pid)
             if proc.pod is None:
@@ -92,8 +83,6 @@ class SimulatedNode:
             self._written[proc.pid] = text
 
     def _allocations(self) -> Iterator[ContainerAllocation]:
-        if self.uid_resolver is not None:
-            self.sync_proc()
         t = int(self.backend.now_ms())
         for pod in self.scenario.pods:
             for a in pod.allocations:

@@ -27,6 +27,10 @@ from kubemeter_exporter.simulation import SimulatedNode
 pytestmark = pytest.mark.integration
 
 G = "GPU-aaaaaaaa-0000-0000-0000-000000000001"
+G2 = "GPU-bbbbbbbb-0000-0000-0000-000000000002"
+UID_P = "11111111-1111-4111-8111-111111111111"
+UID_Q = "22222222-2222-4222-8222-222222222222"
+UID_R = "33333333-3333-4333-8333-333333333333"
 
 
 class Lister(api_pb2_grpc.PodResourcesListerServicer):  # type: ignore[misc]
@@ -85,27 +89,31 @@ def test_list_and_survive_kubelet_restart(sock_dir: Path) -> None:
 
 
 def test_collector_over_grpc_pod_resources(sock_dir: Path, tmp_path: Path) -> None:
+    """Names from the kubelet over gRPC, UIDs from cgroups, joined with no pod metadata."""
     sc = Scenario.model_validate(
         {
-            "gpus": [{"uuid": G}],
+            "gpus": [{"uuid": G}, {"uuid": G2}],
             "pods": [
                 {
                     "namespace": "a",
                     "name": "p",
-                    "uid": "11111111-1111-4111-8111-111111111111",
+                    "uid": UID_P,
                     "allocations": [{"devices": [f"{G}::0"], "start": 1, "end": 6}],
                 },
-                {
+                {  # shares G (time-slicing), starting after p: told apart from p
                     "namespace": "b",
                     "name": "q",
-                    "uid": "22222222-2222-4222-8222-222222222222",
+                    "uid": UID_Q,
                     "cgroup": "cgroupfs-v1",
-                    "allocations": [{"devices": [f"{G}::1"], "start": 1, "end": 6}],
+                    "allocations": [{"devices": [f"{G}::1"], "start": 3, "end": 8}],
                 },
+                # no allocation: reaches G2 through NVIDIA_VISIBLE_DEVICES
+                {"namespace": "c", "name": "r", "uid": UID_R},
             ],
             "processes": [
                 {"pid": 10, "pod": "a/p", "device": G, "sm_util": 70, "start": 1, "end": 6},
-                {"pid": 20, "pod": "b/q", "device": G, "sm_util": 20, "start": 1, "end": 6},
+                {"pid": 20, "pod": "b/q", "device": G, "sm_util": 20, "start": 3, "end": 8},
+                {"pid": 30, "pod": "c/r", "device": G2, "sm_util": 50, "start": 2, "end": 4},
             ],
         }
     )
@@ -117,7 +125,7 @@ def test_collector_over_grpc_pod_resources(sock_dir: Path, tmp_path: Path) -> No
     col = Collector(
         node.backend,
         client,
-        node.pods,
+        None,
         ProcCgroupReader(node.proc_root),
         node="n",
         clock=clock,
@@ -131,5 +139,10 @@ def test_collector_over_grpc_pod_resources(sock_dir: Path, tmp_path: Path) -> No
     finally:
         client.close()
         server.stop(0)
-    got = {(k[1], k[2]): (s.allocated_ms, s.active_ms) for k, s in col.series.items()}
-    assert got == {("a", "p"): (5000, 3500), ("b", "q"): (5000, 1000)}
+    got = {k[1:]: (s.allocated_ms, s.active_ms) for k, s in col.series.items()}
+    assert got == {
+        ("a", "p", UID_P): (5000, 3500),
+        ("b", "q", UID_Q): (5000, 1000),
+        ("", "", UID_R): (2000, 1000),
+    }
+    assert col.health.source_errors == {}

@@ -25,7 +25,7 @@ class SimRig:
         self.collector = Collector(
             self.node.backend,
             self.node.pod_resources,
-            self.node.pods,
+            None,
             ProcCgroupReader(proc_root),
             clock=self.clock,
             **kw,
@@ -39,10 +39,21 @@ class SimRig:
             self.collector.sample()
 
     def counters(self, uuid: str, namespace: str, pod: str) -> tuple[int, int]:
-        for (u, ns, name, _uid), s in self.collector.series.items():
-            if (u, ns, name) == (uuid, namespace, pod):
-                return s.allocated_ms, s.active_ms
-        raise KeyError((uuid, namespace, pod))
+        """(allocated, active) ms of a pod on a device, summed over its series (the series
+        with pod_uid="" before its processes were bound to it, and the one after)."""
+        found = [
+            (s.allocated_ms, s.active_ms)
+            for (u, ns, name, _uid), s in self.collector.series.items()
+            if (u, ns, name) == (uuid, namespace, pod)
+        ]
+        if not found:
+            raise KeyError((uuid, namespace, pod))
+        return sum(a for a, _ in found), sum(b for _, b in found)
+
+    def uid_counters(self, uuid: str, pod_uid: str) -> tuple[int, int]:
+        """(allocated, active) ms of the series billed by pod UID alone."""
+        s = self.collector.series[(uuid, "", "", pod_uid)]
+        return s.allocated_ms, s.active_ms
 
 
 @pytest.fixture

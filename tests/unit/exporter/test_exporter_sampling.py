@@ -15,7 +15,6 @@ from kubemeter_exporter.nvml.base import (
     ProcessInfo,
     ProcessUtilSample,
 )
-from kubemeter_exporter.pods import StaticPodSource
 
 G = "GPU-00000000-0000-0000-0000-000000000000"
 
@@ -66,9 +65,7 @@ def test_last_seen_timestamp_progression_no_double_read(tmp_path: Path) -> None:
         [s(1, 300, 50), s(1, 400, 70)],  # two samples of one PID: mean 60
     ]
     clock = ManualClock()
-    col = Collector(
-        nv, None, StaticPodSource(), ProcCgroupReader(tmp_path), node="n", clock=clock, instance="i"
-    )
+    col = Collector(nv, None, None, ProcCgroupReader(tmp_path), node="n", clock=clock, instance="i")
     for _ in range(4):
         col.sample()
         clock.advance(1)
@@ -86,7 +83,7 @@ def test_missing_driver_keeps_serving_and_retries(tmp_path: Path) -> None:
     nv.init_fails = 3
     nv.batches = [None] * 10
     clock = ManualClock()
-    col = Collector(nv, None, StaticPodSource(), ProcCgroupReader(tmp_path), node="n", clock=clock)
+    col = Collector(nv, None, None, ProcCgroupReader(tmp_path), node="n", clock=clock)
     for _ in range(5):
         col.sample()
         clock.advance(1)
