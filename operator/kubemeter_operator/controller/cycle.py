@@ -20,14 +20,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from kubemeter_operator.api.priceplan import PricePlan
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.billing.biller import Biller, BillingReport
 from kubemeter_operator.controller.reconcile import CycleFacts, TenantReconciler
+from kubemeter_operator.ledger.quarantine import QuarantineEntry
+from kubemeter_operator.metering.cycle import CycleResult
 from kubemeter_operator.metering.loop import MeteringLoop
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ class OperatorCycle:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         leading: Callable[[], bool] = lambda: True,
+        token_problems: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self.metering = metering
         self.biller = biller
@@ -61,10 +65,15 @@ class OperatorCycle:
         self.world = world
         self.clock = clock
         self.leading = leading
+        self.token_problems = token_problems
         """Whether this replica may act now (see `controller.leader`); a standby's cycle
         does nothing."""
         self._stop = asyncio.Event()
         self._metered_until: datetime | None = None
+        self._untrusted: CycleResult | None = None
+        """The latest committed window's result: what metering distrusts right now."""
+        self._held: list[QuarantineEntry] = []
+        """Deltas quarantined since the last report (announced once each)."""
 
     def reset(self) -> None:
         """Forget what this replica knew from before it was a standby: the ledger and the
@@ -78,8 +87,12 @@ class OperatorCycle:
         if not self.leading():  # a standby: the leader meters, bills and reports
             return CycleOutcome(self.metering.interval_s)
         now = now or self.clock()
+        before = self.metering.last_result
         wait = await self.metering.step(now)  # 1. meter
         result = self.metering.last_result
+        if result is not None and result is not before:  # a window was committed now
+            self._untrusted = result
+            self._held.extend(result.quarantined)
         if result is not None and result.behind and self.metering.last_error is None:
             return CycleOutcome(wait)
         tenants, plans = self.world()
@@ -92,7 +105,14 @@ class OperatorCycle:
         # 3. decide -> enforce: budgets that stop the burn (the enforcement issue)
         if not self.leading():
             return CycleOutcome(wait, billing)
-        facts = CycleFacts(now, metered_until, dict(self.metering.degraded))
+        facts = CycleFacts(
+            now,
+            metered_until,
+            dict(self.metering.degraded),
+            **_trust_facts(self._untrusted, self._held),
+            token_problems=dict(self.token_problems()),
+        )
+        self._held = []
         await self.reconciler.reconcile_all(tenants, plans, facts, billing)  # 4. report
         return CycleOutcome(wait, billing)
 
@@ -126,3 +146,23 @@ class OperatorCycle:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=wait)
+
+
+def _trust_facts(result: CycleResult | None, held: Sequence[QuarantineEntry]) -> dict[str, Any]:
+    """What metering distrusts (its latest window) and held back (since the last report),
+    per tenant."""
+    untrusted: dict[str, list[str]] = {}
+    quarantined: dict[str, list[str]] = {}
+    if result is not None:
+        for u in result.untrusted:
+            if u.tenant:
+                untrusted.setdefault(u.tenant, []).append(u.message)
+    for q in held:
+        quarantined.setdefault(q.tenant, []).append(
+            f"usage of {q.source} series {q.series[:12]} from {q.window_start.isoformat()} "
+            f"held back ({q.reason}); `kubemeter quarantine release {q.id[:12]}` bills it"
+        )
+    return {
+        "untrusted": {t: "; ".join(sorted(set(m))[:5]) for t, m in untrusted.items()},
+        "quarantined": {t: tuple(m) for t, m in quarantined.items()},
+    }

@@ -28,7 +28,7 @@ from kubemeter_operator.errors import KubemeterError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.tenancy import TenancyMap
 from kubemeter_operator.status import build_status, status_events, status_patch
-from kubemeter_operator.status.events import period_closed
+from kubemeter_operator.status.events import period_closed, usage_quarantined
 from kubemeter_operator.status.forecast import RECENT_WINDOW, TotalSample
 from kubemeter_operator.usage import Period
 
@@ -51,6 +51,12 @@ class CycleFacts:
     metered_until: datetime | None
     """End of the last committed metering window."""
     degraded: Mapping[str, str] = field(default_factory=dict)
+    untrusted: Mapping[str, str] = field(default_factory=dict)
+    """tenant -> why series claiming its pods were ignored (spoofed, wrong job or node)."""
+    quarantined: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """tenant -> what metering held back this cycle (one Event each)."""
+    token_problems: Mapping[str, str] = field(default_factory=dict)
+    """tenant -> why its events API token is refused (weak, missing, shared)."""
 
 
 def _body(tenant: Tenant) -> dict[str, Any]:
@@ -100,7 +106,12 @@ class TenantReconciler:
         if bill.ledger_error:
             degraded["ledger"] = bill.ledger_error
         wallet = bill.wallet.wallet if bill.wallet is not None else None
-        problems = {"currency": bill.currency_problem, "close": bill.close_problem}
+        problems = {
+            "currency": bill.currency_problem,
+            "close": bill.close_problem,
+            "untrusted": facts.untrusted.get(name, ""),
+            "token": facts.token_problems.get(name, ""),
+        }
         recent = self._recent.setdefault(name, deque())
         status = build_status(
             tenant,
@@ -130,7 +141,11 @@ class TenantReconciler:
         if patch is not None:
             await self.writer.patch_status("tenants", name, patch)
             self._written[name] = status
-        for event in status_events(name, previous, status):
+        events = [
+            *status_events(name, previous, status),
+            *(usage_quarantined(name, what) for what in facts.quarantined.get(name, ())),
+        ]
+        for event in events:
             await self.writer.post_event(
                 _body(tenant), reason=event.reason, message=event.message, type_=event.type
             )

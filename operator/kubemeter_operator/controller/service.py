@@ -37,10 +37,12 @@ from kubemeter_operator.events_api.k8s_tokens import (
     kubernetes_secret_reader,
 )
 from kubemeter_operator.events_api.server import serve
+from kubemeter_operator.events_api.tls import server_ssl_context
 from kubemeter_operator.kube.client import KubeWriter, list_world, load_api_client
 from kubemeter_operator.kube.lease import KubeLeaseStore
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
+from kubemeter_operator.metering.exporters import ExporterWatch, start_exporter_watch
 from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodRegistry
@@ -76,6 +78,7 @@ class OperatorService:
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._pod_watch: PodMetadataWatch | None = None
+        self._exporter_watch: ExporterWatch | None = None
         self._retry: asyncio.Task[None] | None = None
 
     # -- watch events (from handlers) ---------------------------------------------------
@@ -157,14 +160,32 @@ class OperatorService:
         self.writer = KubeWriter(api_client)
         self.ledger = await asyncio.to_thread(Ledger.open, cfg.db)
         self.reconciler = TenantReconciler(self.ledger, self.writer)
+        # the exporter pods (the node check of GPU series): their namespace, else ours
+        exporter_ns = cfg.exporter_namespace or os.environ.get("POD_NAMESPACE")
+        if exporter_ns:
+            self._exporter_watch = await asyncio.to_thread(
+                start_exporter_watch, api_client, namespace=exporter_ns,
+                selector=cfg.exporter_selector, retention_s=cfg.tombstone_days * 86400,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "no --exporter-namespace and no $POD_NAMESPACE: GPU series are checked by "
+                "scrape job only, not against the node of the exporter pod"
+            )
         cycle = MeteringCycle(
             self.ledger,
             PrometheusClient(cfg.prometheus_url),
             self.pods,
             MeteringConfig(
-                step=timedelta(seconds=cfg.interval_s), lag=timedelta(seconds=cfg.lag_s)
+                step=timedelta(seconds=cfg.interval_s),
+                lag=timedelta(seconds=cfg.lag_s),
+                exporter_job=cfg.exporter_job,
+                gpu_tolerance=timedelta(seconds=cfg.gpu_tolerance_s),
+                max_token_rate=cfg.max_token_rate,
+                tombstone_retention=timedelta(days=cfg.tombstone_days),
             ),
             metrics=self.metering_metrics,
+            exporters=self._exporter_watch.directory if self._exporter_watch else None,
         )
         await self._seed(api_client)
         self.loop = MeteringLoop(cycle, self._inputs)
@@ -177,6 +198,7 @@ class OperatorService:
             self.reconciler,
             lambda: (dict(self.tenants), dict(self.plans)),
             leading=(lambda: elector.leading) if elector is not None else (lambda: True),
+            token_problems=lambda: self.token_store.problems if self.token_store else {},
         )
         if elector is not None:
             self._tasks.append(asyncio.create_task(elector.run(self._stopping), name="lease"))
@@ -195,9 +217,29 @@ class OperatorService:
                 self.ledger,
                 self.token_store,
                 lambda: dict(self.tenants),
-                config=EventsApiConfig(max_backdate=timedelta(days=cfg.backdate_days)),
+                config=EventsApiConfig(
+                    max_backdate=timedelta(days=cfg.backdate_days),
+                    max_inflight=cfg.events_max_inflight,
+                    header_timeout_s=cfg.events_header_timeout_s,
+                    body_timeout_s=cfg.events_body_timeout_s,
+                    auth_failures_per_minute=cfg.events_auth_failures_per_minute,
+                ),
             )
-            self._runner = await serve(app, host=listen[0], port=listen[1])
+            self._runner = await serve(
+                app,
+                host=listen[0],
+                port=listen[1],
+                header_timeout_s=cfg.events_header_timeout_s,
+                ssl_context=(
+                    await asyncio.to_thread(
+                        server_ssl_context,
+                        kubernetes_secret_reader(core),
+                        cfg.events_tls_secret,
+                    )
+                    if cfg.events_tls_secret
+                    else None
+                ),
+            )
         log.info("kubemeter operator started (ledger %s)", self.ledger.dialect)
 
     def _elector(self, api_client: Any) -> LeaderElector:
@@ -252,6 +294,9 @@ class OperatorService:
             self.cycle.stop()
         if self._pod_watch is not None:
             await asyncio.to_thread(self._pod_watch.stop)
+        if self._exporter_watch is not None:
+            await asyncio.to_thread(self._exporter_watch.stop)
+            self._exporter_watch = None
         if self._runner is not None:
             await self._runner.cleanup()
         if self.elector is not None:  # give the Lease up so a standby takes over at once

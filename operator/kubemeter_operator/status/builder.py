@@ -198,7 +198,20 @@ def _conditions(
         if blocked
         else c(cond.PERIOD_CLOSE_BLOCKED, "False", "Finalising", "")
     )
-    return [ready, plan, conflict, metering, currency_cond, close_cond]
+    untrusted = billing.get("untrusted", "")
+    untrusted_cond = (
+        c(cond.UNTRUSTED_USAGE, "True", "SeriesIgnored", untrusted)
+        if untrusted
+        else c(cond.UNTRUSTED_USAGE, "False", "AllSeriesTrusted", "")
+    )
+    token = billing.get("token", "")
+    if tenant.spec.api_token_secret_ref is None:
+        token_cond = c(cond.API_TOKEN_VALID, "Unknown", "NoTokenSecret", "no apiTokenSecretRef")
+    elif token:
+        token_cond = c(cond.API_TOKEN_VALID, "False", "TokenRefused", token)
+    else:
+        token_cond = c(cond.API_TOKEN_VALID, "True", "TokenAccepted", "")
+    return [ready, plan, conflict, metering, currency_cond, close_cond, untrusted_cond, token_cond]
 
 
 def build_status(
@@ -237,8 +250,8 @@ def build_status(
     - `previous_statement`, `previous_final`: the previous period's statement, running while
       it closes, final once it is (shown as `previousPeriod`).
     - `wallet_shortfall`: prepaid charges the balance could not cover.
-    - `billing_problems`: "currency" / "close" -> why (the CurrencyMismatch and
-      PeriodCloseBlocked conditions).
+    - `billing_problems`: "currency" / "close" / "untrusted" / "token" -> why (the
+      CurrencyMismatch, PeriodCloseBlocked, UntrustedUsage and ApiTokenValid conditions).
     """
     if previous is None:
         previous = tenant.status

@@ -17,6 +17,12 @@ CURRENCY_MISMATCH = "CurrencyMismatch"
 PERIOD_CLOSE_BLOCKED = "PeriodCloseBlocked"
 """A period metering has covered cannot be finalised (no terms to price it)."""
 
+UNTRUSTED_USAGE = "UntrustedUsage"
+"""Series claiming this tenant's pods were ignored (not scraped from the exporter, or from
+another node than they name): nothing of them is billed."""
+API_TOKEN_VALID = "ApiTokenValid"
+"""The events API token the Tenant names is usable (strong, readable, not shared)."""
+
 CONDITION_TYPES = (
     READY,
     PRICE_PLAN_FOUND,
@@ -24,6 +30,8 @@ CONDITION_TYPES = (
     METERING_DEGRADED,
     CURRENCY_MISMATCH,
     PERIOD_CLOSE_BLOCKED,
+    UNTRUSTED_USAGE,
+    API_TOKEN_VALID,
 )
 
 Status = Literal["True", "False", "Unknown"]

@@ -111,10 +111,15 @@ def status_events(
     for type_, reason in (
         (cond.CURRENCY_MISMATCH, "CurrencyMismatch"),
         (cond.PERIOD_CLOSE_BLOCKED, "PeriodCloseBlocked"),
+        (cond.UNTRUSTED_USAGE, "UntrustedUsageIgnored"),
     ):
         change, message = _transition(previous, new, type_, "True")
         if change == "bad":
             events.append(StatusEvent(reason, f"tenant {tenant}: {message}", "Warning"))
+
+    change, message = _transition(previous, new, cond.API_TOKEN_VALID, "False")
+    if change == "bad":
+        events.append(StatusEvent("ApiTokenRefused", f"tenant {tenant}: {message}", "Warning"))
 
     was_short = previous is not None and previous.wallet is not None and previous.wallet.shortfall
     if new.wallet is not None and new.wallet.shortfall > 0 and not was_short:
@@ -148,3 +153,9 @@ def period_closed(tenant: str, period: str, total: Decimal, currency: str) -> St
         f"{_money(round_money(total, currency), currency)}; "
         f"`kubemeter invoice {tenant} --period {period}` prints it",
     )
+
+
+def usage_quarantined(tenant: str, what: str) -> StatusEvent:
+    """The Event for a counter delta metering held back (released or discarded by an admin
+    with `kubemeter quarantine`)."""
+    return StatusEvent("UsageQuarantined", f"tenant {tenant}: {what}", "Warning")

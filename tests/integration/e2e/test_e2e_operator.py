@@ -113,7 +113,10 @@ PLANS: list[dict[str, Any]] = [
     },
 ]
 
-TOKENS = {"acme": "acme-secret-token-0123456789", "globex": "globex-secret-token-9876543210"}
+TOKENS = {  # strong tokens: 32+ random-looking bytes (weak Secrets are refused)
+    "acme": "Zq8fK2mV7xR4tW9pL3nB6hJ1sD5gA0cE-acme",
+    "globex": "Y7uI3oP9aS2dF6gH1jK5lZ8xC4vB0nM-globex",
+}
 
 
 def tenant(name: str, plan: str, namespace: str, **extra: Any) -> dict[str, Any]:

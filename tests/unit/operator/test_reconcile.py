@@ -156,3 +156,36 @@ def test_period_closes_once_metering_has_covered_its_end_and_the_grace(ledger: L
     assert steps.writer.patches[-1][2]["status"]["previousPeriod"]["state"] == "Final"
     steps(acme, later + timedelta(minutes=5))  # never again
     assert len([e for e in steps.writer.events if e[1] == "PeriodClosed"]) == 1
+
+
+def test_untrusted_series_quarantine_and_a_refused_token_reach_the_tenant(
+    ledger: Ledger,
+) -> None:
+    steps = Steps(ledger)
+    ref = {"namespace": "km", "name": "acme-token"}
+    acme = {"acme": tenant("acme", "acme", "2026-11-01T00:00:00Z", apiTokenSecretRef=ref)}
+    report = steps.biller.run(NOW, acme, {"std": PLAN}, NOW)
+    facts = CycleFacts(
+        NOW,
+        NOW,
+        untrusted={"acme": "it was scraped by job 'kubernetes-pods', not the exporter's"},
+        quarantined={"acme": ("usage of gpu series 0a1b held back (over the bound)",)},
+        token_problems={"acme": "its token is weak: shorter than 32 bytes"},
+    )
+    asyncio.run(steps.reconciler.reconcile_all(acme, {"std": PLAN}, facts, report))
+    conditions = {c["type"]: c for c in steps.writer.patches[-1][2]["status"]["conditions"]}
+    assert conditions["UntrustedUsage"]["status"] == "True"
+    assert "kubernetes-pods" in conditions["UntrustedUsage"]["message"]
+    assert conditions["ApiTokenValid"]["status"] == "False"
+    reasons = [e[1] for e in steps.writer.events]
+    assert {"UntrustedUsageIgnored", "UsageQuarantined", "ApiTokenRefused"} <= set(reasons)
+    # the same facts next cycle: conditions hold, no new Events but a new quarantine's
+    asyncio.run(
+        steps.reconciler.reconcile_all(
+            acme,
+            {"std": PLAN},
+            CycleFacts(NOW, NOW, untrusted=facts.untrusted, token_problems=facts.token_problems),
+            report,
+        )
+    )
+    assert [e[1] for e in steps.writer.events] == reasons

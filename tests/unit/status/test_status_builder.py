@@ -122,6 +122,8 @@ def test_money_fields_meters_and_summary() -> None:
         METERING_DEGRADED: "False",
         "CurrencyMismatch": "False",
         "PeriodCloseBlocked": "False",
+        "UntrustedUsage": "False",
+        "ApiTokenValid": "Unknown",  # the tenant names no token Secret
     }
     assert all(c.last_transition_time == MID for c in status.conditions)
     # round-trips through the API model (what the API server stores)
