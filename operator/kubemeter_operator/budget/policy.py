@@ -3,12 +3,11 @@
 - `budget_status`: used (the running period total, platform fee included, after discount),
   percent used (2 places, half-up), remaining, and the alert thresholds reached (compared
   exactly, never on the rounded percent).
-- `budget_phase`: `Suspended` when the limit is reached and enforcement is `scaleDown`;
-  `Warning` from `warning_percent`; None when the budget alone says nothing.
 - `warning_percent`: the lowest configured threshold of 80 % or more; with none in 80..100,
   the highest configured one; 80 % when no thresholds are configured.
 
-Imports no kopf, kubernetes or SQLAlchemy; enforcement acts on these decisions elsewhere.
+The decision (thresholds newly crossed, phase, suspend or restore) is
+:mod:`kubemeter_operator.budget.decision`. Imports no kopf, kubernetes or SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 from decimal import Decimal
 from fractions import Fraction
 
-from kubemeter_operator.api.tenant import Budget, BudgetEnforcement, BudgetStatus, TenantPhase
+from kubemeter_operator.api.tenant import Budget, BudgetStatus
 from kubemeter_operator.money import round_half_up
 
 DEFAULT_WARNING_PERCENT = 80
@@ -40,12 +39,3 @@ def budget_status(budget: Budget, total: Decimal) -> BudgetStatus:
         remaining=budget.limit - total,
         thresholds_crossed=sorted(t for t in budget.alert_thresholds if used_exact >= t),
     )
-
-
-def budget_phase(budget: Budget, status: BudgetStatus) -> TenantPhase | None:
-    """The phase the budget alone calls for (None: it calls for nothing)."""
-    if status.used >= status.limit and budget.enforcement is BudgetEnforcement.SCALE_DOWN:
-        return TenantPhase.SUSPENDED
-    if Fraction(status.used) * 100 >= Fraction(status.limit) * warning_percent(budget):
-        return TenantPhase.WARNING
-    return None

@@ -35,7 +35,8 @@ from kubemeter_operator.api.tenant import (
     WalletStatus,
 )
 from kubemeter_operator.api.types import format_decimal
-from kubemeter_operator.budget.policy import budget_phase, budget_status
+from kubemeter_operator.budget.decision import BudgetInputs, decide
+from kubemeter_operator.budget.policy import budget_status
 from kubemeter_operator.money import minor_units, round_half_up
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.status import conditions as cond
@@ -111,6 +112,7 @@ def summary(
 
 def _phase(
     tenant: Tenant,
+    period: Period,
     plan_found: bool,
     budget: BudgetStatus | None,
     wallet: WalletStatus | None,
@@ -120,8 +122,8 @@ def _phase(
         return TenantPhase.SUSPENDED
     spec_budget = tenant.spec.budget
     if budget is not None and spec_budget is not None:
-        phase = budget_phase(spec_budget, budget)
-        if phase is not None:
+        phase = decide(BudgetInputs(spec_budget, period, budget.used)).phase
+        if phase is not TenantPhase.ACTIVE:
             return phase
     if (wallet is not None and wallet.low) or not plan_found:
         return TenantPhase.WARNING
@@ -337,7 +339,7 @@ def build_status(
         previous=previous.conditions if previous is not None else None,
     )
     status.phase = _phase(
-        tenant, plan is not None, status.budget, status.wallet, status.suspended_workloads
+        tenant, period, plan is not None, status.budget, status.wallet, status.suspended_workloads
     )
     generation = tenant.metadata.get("generation")
     status.observed_generation = generation if isinstance(generation, int) else None
