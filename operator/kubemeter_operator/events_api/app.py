@@ -2,7 +2,17 @@
 
     POST /v1/events                 a batch of usage records for the authenticated tenant
     GET  /v1/tenants/{name}/usage   the live statement of the tenant's current period
+    GET  /v1/tenants/{name}/allowance  what an AI gateway may let it spend: 200, or 402
+    *    /v1/authorize[/<path>]     the same as an ext_authz HTTP check (200 allows)
     GET  /healthz                   liveness
+
+Allowance (`budget.allowance`): 200 with the remaining budget, the wallet balance, the phase
+and when the period resets; **402 Payment Required** with the same JSON, the reason and
+`Retry-After` when the tenant's budget (`scaleDown`) is spent or its prepaid wallet is
+empty. `/v1/authorize` takes any method and any path below it (Envoy's ext_authz HTTP
+service sends the original method and appends the original path) and the bearer token of
+the forwarded `Authorization` header. Usage events are never refused because a budget is
+spent: that usage happened.
 
 Every error is a JSON object `{"status": 400, "error": "events[3].promptTokens: ...",
 "field": "events[3].promptTokens", "details": [...]}`. A rejected batch writes nothing (the
@@ -39,12 +49,16 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 from aiohttp import web
 
+from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.api.usage import UsageRecord
 from kubemeter_operator.billing import statements as billing_statements
+from kubemeter_operator.budget.allowance import Allowance, allowance
+from kubemeter_operator.budget.decision import WalletView
 from kubemeter_operator.errors import ConflictError, InputError, TransientError
 from kubemeter_operator.events_api.auth import TokenStore, bearer_token
 from kubemeter_operator.events_api.limits import FailureLimiter, InflightLimit, client_key
@@ -353,6 +367,56 @@ async def get_usage(request: web.Request) -> web.Response:
     return _json(200, statement.to_api(), {"Cache-Control": "no-store"})
 
 
+def _allowance(ledger: Any, tenant: Tenant, now: datetime) -> Allowance:
+    """The tenant's allowance now (blocking ledger reads: runs on the ledger pool). `ledger`
+    is the EventLedger, read by `billing.statements` as the usage route does."""
+    period = Period.of(now)
+    try:
+        statement, _final = billing_statements.statement(ledger, tenant.name, period)
+        spent, currency = statement.total, statement.currency
+    except InputError:  # no terms (price plan) rated for it yet: nothing spent
+        spent, currency = Decimal(0), None
+    wallet = None
+    if tenant.spec.wallet is not None and tenant.spec.wallet.enabled:
+        balance = ledger.wallet(tenant.name)
+        wallet = WalletView(balance.balance, balance.outstanding)
+    return allowance(tenant, period, spent=spent, currency=currency, wallet=wallet)
+
+
+async def _answer_allowance(request: web.Request, state: _State, tenant: str) -> web.Response:
+    spec = state.tenants().get(tenant) if state.tenants is not None else None
+    if spec is None:
+        raise _unavailable(state, f"tenant {tenant!r} is not known to this replica yet")
+    now = state.clock()
+    try:
+        answer: Allowance = await state.call(_allowance, state.ledger, spec, now)
+    except TransientError as exc:
+        raise _unavailable(state, "the ledger is unavailable; retry later") from exc
+    headers = {"Cache-Control": "no-store"}
+    if answer.allowed:
+        return _json(200, answer.to_api(), headers)
+    wait = answer.retry_after_s(now)
+    body = {"status": 402, "error": f"tenant {tenant!r}: {answer.decision.reason}",
+            **answer.to_api()}  # fmt: skip
+    return _json(402, body, {**headers, "Retry-After": str(wait)})
+
+
+async def get_allowance(request: web.Request) -> web.Response:
+    state = _state(request)
+    tenant = await _authenticate(request, state)
+    name = request.match_info["name"]
+    if name != tenant:
+        raise ApiError(403, f"the token of tenant {tenant!r} cannot read tenant {name!r}")
+    return await _answer_allowance(request, state, tenant)
+
+
+async def authorize(request: web.Request) -> web.Response:
+    """ext_authz-style check: the forwarded bearer token's tenant, 200 allow, 402 deny."""
+    state = _state(request)
+    tenant = await _authenticate(request, state)
+    return await _answer_allowance(request, state, tenant)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return _json(200, {"status": "ok"})
 
@@ -405,5 +469,8 @@ def create_app(
     app.on_cleanup.append(_shutdown)
     app.router.add_post("/v1/events", post_events)
     app.router.add_get("/v1/tenants/{name}/usage", get_usage)
+    app.router.add_get("/v1/tenants/{name}/allowance", get_allowance)
+    app.router.add_route("*", "/v1/authorize", authorize)
+    app.router.add_route("*", "/v1/authorize/{path:.*}", authorize)
     app.router.add_get("/healthz", healthz)
     return app

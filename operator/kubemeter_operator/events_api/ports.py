@@ -34,7 +34,9 @@ class EventLedger(Protocol):
       `TransientError` when the database is unavailable.
     - `get_terms`, `period_totals`, `get_statement`: what `billing.statements` reads to
       answer `GET /v1/tenants/{name}/usage` (the final statement of a closed period, else
-      the running one).
+      the running one), and `GET /v1/tenants/{name}/allowance`;
+    - `wallet`: the prepaid wallet's balance and shortfall (`balance`, `outstanding`), read
+      for the allowance of a tenant whose wallet is enabled.
     """
 
     def record_events(self, tenant: str, records: Sequence[UsageRecord]) -> Any: ...
@@ -44,6 +46,8 @@ class EventLedger(Protocol):
     def period_totals(self, tenant: str, period: Period) -> Any: ...
 
     def get_statement(self, tenant: str, period: Period) -> str | None: ...
+
+    def wallet(self, tenant: str) -> Any: ...
 
 
 TenantsProvider = Callable[[], Mapping[str, Tenant]]

@@ -485,6 +485,9 @@ class DownLedger:
     def get_statement(self, tenant: str, period: Period) -> Any:
         raise TransientError("ledger get statement: database unavailable")
 
+    def wallet(self, tenant: str) -> Any:
+        raise TransientError("ledger wallet balance: database unavailable")
+
 
 def test_ledger_outage_is_503_with_retry_after(
     tokens: StaticTokenStore, make_runner: Callable[..., Runner]

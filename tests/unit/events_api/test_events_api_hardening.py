@@ -69,6 +69,9 @@ class Accepting:
     def get_statement(self, tenant: str, period: Any) -> Any:
         return None
 
+    def wallet(self, tenant: str) -> Any:
+        return None
+
 
 class CountingTokens:
     """StaticTokenStore that counts how often it is asked."""

@@ -165,6 +165,9 @@ class SpyLedger:
     def get_statement(self, tenant: str, period: Period) -> str | None:
         return self.ledger.get_statement(tenant, period)
 
+    def wallet(self, tenant: str) -> Any:
+        return self.ledger.wallet(tenant)
+
 
 @pytest.fixture
 def spy(tmp_path: Path) -> Iterator[SpyLedger]:
