@@ -25,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 from loader import devcluster, prometheus
@@ -191,6 +192,10 @@ class Demo:
                 "--metrics-port",
                 "0",
                 "--standalone",
+                # the simulated GPUs run `speed` times faster than wall time: so may the
+                # counters, within the physics bounds
+                "--simulation-speed",
+                str(self.speed),
             ],
         )
         self.topup()
@@ -301,6 +306,25 @@ class Demo:
         say("kubemeter unassigned (usage no Tenant owns)")
         print(res.stdout or res.stderr)
 
+    def check(self) -> None:
+        """Fail the demo when it showed nothing: no GPU time metered for acme, or deltas
+        held back (a speed the metering bounds were not told about)."""
+        from kubemeter_operator.ledger import Ledger
+        from kubemeter_operator.usage import Period
+
+        period = Period.of(datetime.now(UTC))
+        with Ledger.open(self.db) as ledger:
+            held = ledger.quarantined()
+            gpu_ms = sum(q.allocated_ms for key, q in ledger.period_totals("acme", period).items()
+                         if key.kind == "gpu")  # fmt: skip
+        if held or not gpu_ms:
+            raise SystemExit(
+                f"demo: {gpu_ms} GPU ms metered for acme, {len(held)} deltas quarantined "
+                f"(see {self.state / 'operator.log'})"
+            )
+        hours = Decimal(gpu_ms) / 3_600_000
+        say(f"checked: {hours:.2f} GPU-hours metered for acme, none quarantined")
+
     def stop(self) -> None:
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is None:
@@ -343,6 +367,7 @@ def main() -> int:
         _prom, events = demo.run_components()
         demo.watch(events, args.duration)
         demo.report()
+        demo.check()
     finally:
         if args.keep:
             say(f"left running; KUBECONFIG={demo.kubeconfig}; stop with `make demo-down`")

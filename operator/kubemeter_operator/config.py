@@ -72,6 +72,9 @@ class OperatorConfig(BaseModel):
     """Tokens per second one counter series may grow by; more is quarantined."""
     tombstone_days: float = Field(default=15.0, ge=1, le=3650)
     """How long a vanished series is remembered (>= Prometheus' retention)."""
+    simulation_speed: int = Field(default=1, ge=1, le=3600)
+    """Simulated exporters only (the demo): their counters run this many times faster than
+    wall time, and the GPU and token bounds scale with it. Never set it for real GPUs."""
     # -- one active operator ----------------------------------------------------------------
     lease_name: str = Field(default="kubemeter-operator", min_length=1, max_length=253)
     """The coordination.k8s.io Lease that elects the one replica that meters and bills."""

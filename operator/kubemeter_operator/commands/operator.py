@@ -44,6 +44,7 @@ def register(sub: Any) -> None:
         ("--gpu-tolerance", "gpu_tolerance_s", float, "seconds of slack per GPU delta (5)"),
         ("--max-token-rate", "max_token_rate", float, "tokens/s per series (1e6)"),
         ("--tombstone-days", "tombstone_days", float, "days a vanished series is kept (15)"),
+        ("--simulation-speed", "simulation_speed", int, "simulated exporters only: speed (1)"),
         ("--lease-name", "lease_name", str, "the leader-election Lease"),
         ("--lease-namespace", "lease_namespace", str, "its namespace"),
         ("--lease-duration", "lease_duration_s", float, "seconds (12)"),

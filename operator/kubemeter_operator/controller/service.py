@@ -183,6 +183,7 @@ class OperatorService:
                 gpu_tolerance=timedelta(seconds=cfg.gpu_tolerance_s),
                 max_token_rate=cfg.max_token_rate,
                 tombstone_retention=timedelta(days=cfg.tombstone_days),
+                time_scale=cfg.simulation_speed,
             ),
             metrics=self.metering_metrics,
             exporters=self._exporter_watch.directory if self._exporter_watch else None,

@@ -205,8 +205,14 @@ class MeteringConfig:
     """How long a vanished series is remembered (>= Prometheus' retention)."""
     max_tombstones: int = 50_000
     """Tombstones kept per source (GPU, each token source) at most."""
+    time_scale: int = 1
+    """How many times faster than wall time the counters' clock runs: 1 for real exporters;
+    a simulated exporter at ``--speed 60`` counts 60 GPU-seconds per wall second, so the
+    physics bounds scale with it (the demo's operator sets ``--simulation-speed``)."""
 
     def __post_init__(self) -> None:
+        if not 1 <= self.time_scale <= 3600:
+            raise ValueError("time_scale must be within 1..3600")
         if self.prune_after <= self.max_window + self.scrape_margin:
             raise ValueError("prune_after must exceed max_window + scrape_margin")
         if self.max_window < self.step:
@@ -639,6 +645,8 @@ class _Bounds:
     gpu_tolerance_ms: int | None
     token_rate: Fraction | None
     """Tokens per millisecond."""
+    scale: int = 1
+    """Counter milliseconds per wall millisecond (``MeteringConfig.time_scale``)."""
 
     @classmethod
     def of(
@@ -659,6 +667,7 @@ class _Bounds:
             wide,
             None if cfg.gpu_tolerance is None else cfg.gpu_tolerance // _MS,
             None if cfg.max_token_rate is None else Fraction(cfg.max_token_rate) / 1000,
+            cfg.time_scale,
         )
 
     def since(self, previous: dl.SeriesPoint | None) -> int:
@@ -677,12 +686,12 @@ class _Bounds:
     def gpu(self, since_ms: int, slack_ms: int) -> int | None:
         if self.gpu_tolerance_ms is None:
             return None
-        return self.end_ms - since_ms + slack_ms + self.gpu_tolerance_ms
+        return (self.end_ms - since_ms + slack_ms) * self.scale + self.gpu_tolerance_ms
 
     def tokens(self, since_ms: int, slack_ms: int) -> int | None:
         if self.token_rate is None:
             return None
-        limit = self.token_rate * (self.end_ms - since_ms + slack_ms)
+        limit = self.token_rate * (self.end_ms - since_ms + slack_ms) * self.scale
         return limit.numerator // limit.denominator
 
 

@@ -4,6 +4,7 @@ ledger."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -263,6 +264,22 @@ def test_a_new_series_is_bounded_by_the_lookback_span(ledger: Ledger) -> None:
     r = cycle.run(TENANTS, PLANS, now=clock.step())
     assert gpu_totals(ledger) == {"acme": (SPAN_MS, 0)}
     assert [q.record.allocated_ms for q in r.quarantined] == [SPAN_MS + 1]  # type: ignore[union-attr]
+
+
+def test_a_simulated_clock_scales_the_bounds_and_no_more(ledger: Ledger) -> None:
+    """The demo's exporter runs 60x faster than wall time: its GPU counters grow by up to
+    60 x the window, and only a delta over 60 x the span (+ tolerance) is quarantined."""
+    prom, clock = FakePrometheus(), Clock()
+    cycle = make(ledger, prom, dataclasses.replace(BOUNDED, time_scale=60))
+    start(cycle, clock)
+    scaled = (15 + 120) * 1000 * 60 + 5_000  # (window + margin) x 60 + tolerance
+    put(prom, series(gpu="GPU-1"), scaled)
+    put(prom, series(gpu="GPU-2"), scaled + 1)
+    r = cycle.run(TENANTS, PLANS, now=clock.step())
+    assert gpu_totals(ledger) == {"acme": (scaled, 0)}
+    assert [q.record.allocated_ms for q in r.quarantined] == [scaled + 1]  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="time_scale"):
+        dataclasses.replace(BOUNDED, time_scale=0)
 
 
 def test_token_deltas_over_the_rate_are_quarantined(ledger: Ledger) -> None:
