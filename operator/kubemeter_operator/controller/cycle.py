@@ -65,9 +65,9 @@ class OperatorCycle:
         self.world = world
         self.clock = clock
         self.leading = leading
-        self.token_problems = token_problems
         """Whether this replica may act now (see `controller.leader`); a standby's cycle
         does nothing."""
+        self.token_problems = token_problems
         self._stop = asyncio.Event()
         self._metered_until: datetime | None = None
         self._untrusted: CycleResult | None = None

@@ -383,7 +383,7 @@ def _allowance(ledger: Any, tenant: Tenant, now: datetime) -> Allowance:
     return allowance(tenant, period, spent=spent, currency=currency, wallet=wallet)
 
 
-async def _answer_allowance(request: web.Request, state: _State, tenant: str) -> web.Response:
+async def _answer_allowance(state: _State, tenant: str) -> web.Response:
     spec = state.tenants().get(tenant) if state.tenants is not None else None
     if spec is None:
         raise _unavailable(state, f"tenant {tenant!r} is not known to this replica yet")
@@ -407,14 +407,14 @@ async def get_allowance(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name != tenant:
         raise ApiError(403, f"the token of tenant {tenant!r} cannot read tenant {name!r}")
-    return await _answer_allowance(request, state, tenant)
+    return await _answer_allowance(state, tenant)
 
 
 async def authorize(request: web.Request) -> web.Response:
     """ext_authz-style check: the forwarded bearer token's tenant, 200 allow, 402 deny."""
     state = _state(request)
     tenant = await _authenticate(request, state)
-    return await _answer_allowance(request, state, tenant)
+    return await _answer_allowance(state, tenant)
 
 
 async def healthz(request: web.Request) -> web.Response:
