@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,6 +17,7 @@ from pydantic import (
 
 from kubemeter_operator.api.errors import format_validation_error
 from kubemeter_operator.errors import InputError
+from kubemeter_operator.kube.gpu import GpuResources
 
 ENV_PREFIX = "KUBEMETER_"
 
@@ -86,6 +87,37 @@ class OperatorConfig(BaseModel):
     """How often the leader renews (and a standby retries)."""
     identity: str | None = Field(default=None, max_length=253)
     """This replica's name in the Lease (default: $POD_NAME, else host and pid)."""
+    # -- budget enforcement ------------------------------------------------------------------
+    gpu_resources: str = Field(
+        default="nvidia.com/gpu,nvidia.com/mig-*", min_length=1, max_length=1000
+    )
+    """Comma-separated resource names that count as a GPU (a trailing * matches any suffix):
+    workloads requesting one are what enforcement stops and admission denies."""
+    keda: Literal["auto", "on", "off"] = "auto"
+    """Pause KEDA ScaledObjects of suspended workloads: when the KEDA CRDs exist (auto),
+    always (on), never (off; the chart then grants no access to scaledobjects)."""
+    # -- admission webhook -------------------------------------------------------------------
+    admission_listen: str = ""
+    """host:port of the validating admission webhook (HTTPS); empty disables it."""
+    admission_webhook_name: str = Field(default="kubemeter-admission", min_length=1, max_length=253)
+    """The ValidatingWebhookConfiguration whose caBundle the operator keeps current."""
+    admission_cert_secret: str | None = Field(
+        default=None, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$"
+    )
+    """`namespace/name` of the Secret holding the webhook's self-managed CA and certificate
+    (shared by every replica); default `$POD_NAMESPACE/kubemeter-admission-cert`."""
+    admission_hosts: str = Field(default="", max_length=2000)
+    """Comma-separated DNS names and IP addresses the webhook's certificate is valid for
+    (default: the chart's Service, `<webhook service>.<namespace>.svc`)."""
+    # -- webhooks (spec.notification) --------------------------------------------------------
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """A webhook receiver must answer within this time, or the attempt failed."""
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    """Attempts per notification before it is dead-lettered."""
+    webhook_backoff_s: float = Field(default=5.0, gt=0, le=3600)
+    """Wait before the second attempt; it doubles after each failure..."""
+    webhook_backoff_max_s: float = Field(default=600.0, gt=0, le=86400)
+    """...up to this."""
     kubeconfig: str | None = None
     """Kubeconfig path; in-cluster config when unset."""
     standalone: bool = False
@@ -100,6 +132,28 @@ class OperatorConfig(BaseModel):
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{value!r} is not host:port")
         return value
+
+    @field_validator("admission_listen")
+    @classmethod
+    def _admission_listen(cls, value: str) -> str:
+        return cls._listen(value)
+
+    @field_validator("gpu_resources")
+    @classmethod
+    def _gpu_resources(cls, value: str) -> str:
+        GpuResources.parse(value)  # raises ValueError naming the bad entry
+        return value
+
+    @property
+    def gpu(self) -> GpuResources:
+        return GpuResources.parse(self.gpu_resources)
+
+    @property
+    def admission_host_port(self) -> tuple[str, int] | None:
+        if not self.admission_listen:
+            return None
+        host, _, port = self.admission_listen.rpartition(":")
+        return host or "0.0.0.0", int(port)
 
     @model_validator(mode="after")
     def _lease_timing(self) -> OperatorConfig:

@@ -46,14 +46,18 @@ from kubemeter_operator.api.tenant import Tenant, TenantStatus
 from kubemeter_operator.api.usage import GpuUsage, UsageRecord
 from kubemeter_operator.billing import statements
 from kubemeter_operator.billing.biller import Biller
+from kubemeter_operator.controller.budgets import BudgetStep
 from kubemeter_operator.controller.cycle import CycleOutcome, OperatorCycle
 from kubemeter_operator.controller.reconcile import TenantReconciler
+from kubemeter_operator.enforcement.enforcer import Enforcer
+from kubemeter_operator.kube.gpu import GpuResources
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodMeta, StaticPodDirectory
 from kubemeter_operator.metering.windows import align_down
+from kubemeter_operator.notifications.delivery import Notifier
 from kubemeter_operator.rating import rate
 from kubemeter_operator.rating.statement import Statement
 from kubemeter_operator.usage import Period, accumulate
@@ -67,6 +71,7 @@ from support.timeaxis import (
     Scraper,
     SeriesStore,
 )
+from support.workloads import FakeWorkloads
 
 H100 = "NVIDIA H100 80GB HBM3"
 MS_PER_HOUR = 3_600_000
@@ -88,6 +93,29 @@ def apply_merge_patch(target: Any, patch: Any) -> Any:
 class Crash(Exception):  # noqa: N818 - it is not an error: the process dies here
     """Raised by a test's fault injection: the operator process dies at that line. The
     harness catches it and starts a new operator on the same ledger (`TimeTravel.advance`)."""
+
+
+class Killed(BaseException):
+    """Like `Crash`, but no `except Exception` on the way can catch it: the process is gone
+    at that line, whatever handlers the code has (`kill_at`)."""
+
+
+def kill_at(target: Any, name: str, call: int, *, after: bool = True) -> list[int]:
+    """Kill the operator at the `call`-th call of `target.name` (1-based): `after` it ran
+    (its effect happened, nothing after it did) or before. Returns the calls counter."""
+    original = getattr(target, name)
+    calls = [0]
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] != call:
+            return original(*args, **kwargs)
+        if after:
+            original(*args, **kwargs)
+        raise Killed(f"{name} call {call}")
+
+    setattr(target, name, wrapper)
+    return calls
 
 
 def crash_once(target: Any, name: str, *, after: bool = False) -> list[int]:
@@ -176,12 +204,21 @@ class Operator:
         )
         self.biller = Biller(self.ledger, grace=tt.grace)
         self.reconciler = TenantReconciler(self.ledger, tt.kube)
+        self.budgets = BudgetStep(
+            self.ledger,
+            Enforcer(self.ledger, tt.workloads, GpuResources()),
+            tt.kube,
+            self.reconciler.recent,
+        )
+        self.notifier = Notifier(self.ledger, tt.kube, lambda _ns, _name: None)
         self.cycle = OperatorCycle(
             self.loop,
             self.biller,
             self.reconciler,
             lambda: (dict(world.tenants), dict(world.plans)),
             clock=lambda: tt.now,
+            budgets=self.budgets,
+            notifier=self.notifier,
         )
 
     def run_once(self, now: datetime) -> CycleOutcome:
@@ -240,6 +277,14 @@ class TimeTravel:
         self.prom: Any = prometheus if prometheus is not None else self.fake
         self.scraping = prometheus is None
         self.kube = KubeRecorder(self.world, lambda: self.now)
+        # pods start and stop just after the instant the scraper has reached
+        soon = timedelta(milliseconds=1)
+        self.workloads = FakeWorkloads(
+            lambda ns, pod: self.gpu(ns, pod, start=self.now + soon),
+            lambda alloc: self.node.release(alloc, self.now + soon),
+            lambda: self.now,
+        )
+        """GPU workloads the tenants run (`support.workloads`): enforcement scales them."""
         self.posted: list[tuple[datetime, str, UsageRecord]] = []
         """(posted at, tenant, record) of every event the ledger accepted."""
         self.topups: dict[str, Decimal] = {}
@@ -340,7 +385,7 @@ class TimeTravel:
                 continue
             try:
                 self.operator.run_once(self.now)
-            except Crash:
+            except (Crash, Killed):
                 self.crashes.append(self.now)
                 self.restart()
         assert not self.fake.refused, self.fake.refused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
@@ -80,6 +81,26 @@ class BudgetEnforcement(StrEnum):
     SCALE_DOWN = "scaleDown"
 
 
+DURATION_PATTERN = r"^[1-9][0-9]{0,5}(s|m|h)$"
+"""A positive duration in whole seconds, minutes or hours (`90s`, `10m`, `2h`)."""
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`10m` -> 10 minutes (the DURATION_PATTERN forms only)."""
+    if not re.match(DURATION_PATTERN, text):
+        raise ValueError(f"{text!r} is not a duration such as 90s, 10m or 2h")
+    return timedelta(seconds=int(text[:-1]) * _DURATION_UNITS[text[-1]])
+
+
+class BareGpuPods(StrEnum):
+    EVENT = "event"
+    """Leave GPU pods without a controller running, with an Event (the default)."""
+    DELETE = "delete"
+    """Delete them (they cannot be restored: nothing owns them)."""
+
+
 class Budget(ApiModel):
     model_config = ApiModel.model_config | {
         "json_schema_extra": {
@@ -112,6 +133,15 @@ class Budget(ApiModel):
     """Percentages of the limit at which an Event (and webhook) fires."""
     enforcement: BudgetEnforcement = BudgetEnforcement.ALERT
     """none, alert, or scaleDown (scale GPU workloads to zero at 100 %)."""
+    stop_before: str | None = Field(default=None, max_length=8, pattern=DURATION_PATTERN)
+    """With scaleDown: suspend when the recent burn rate would spend the rest of the budget
+    within this time (`10m`), so spend stops at, not after, the limit."""
+    bare_gpu_pods: BareGpuPods = BareGpuPods.EVENT
+    """GPU pods that no controller owns: left running with an Event, or deleted."""
+
+    @property
+    def stop_before_delta(self) -> timedelta | None:
+        return parse_duration(self.stop_before) if self.stop_before else None
 
     @model_validator(mode="after")
     def _check(self) -> Budget:
@@ -124,6 +154,11 @@ class Budget(ApiModel):
             raise ValueError("alertThresholds: duplicate threshold")
         if self.enforcement is BudgetEnforcement.ALERT and not self.alert_thresholds:
             raise ValueError("alertThresholds: enforcement 'alert' needs at least one threshold")
+        if self.stop_before is not None:
+            try:
+                parse_duration(self.stop_before)
+            except ValueError as exc:
+                raise ValueError(f"budget.stopBefore: {exc}") from exc
         return self
 
 
@@ -222,13 +257,77 @@ class Forecast(ApiModel):
     """When the budget runs out at that rate (absent when it will not this period)."""
 
 
+WorkloadKind = Literal["Deployment", "StatefulSet", "Job", "CronJob", "Pod"]
+
+
+class WorkloadState(StrEnum):
+    STOPPING = "Stopping"
+    """Recorded in the ledger (write-ahead); the change is being made."""
+    STOPPED = "Stopped"
+    """Scaled to 0 or suspended."""
+    LEFT_RUNNING = "LeftRunning"
+    """A bare GPU pod (no controller): left running, with an Event."""
+    DELETED = "Deleted"
+    """A bare GPU pod deleted (budget.bareGpuPods: delete)."""
+
+
 class SuspendedWorkload(ApiModel):
-    kind: Literal["Deployment", "StatefulSet", "Job"]
+    kind: WorkloadKind
     namespace: str = Field(max_length=63)
     name: str = Field(max_length=253)
     replicas: int | None = Field(default=None, ge=0)
-    """Replicas before the scale-down (Deployments and StatefulSets)."""
+    """Replicas before the scale-down (Deployments and StatefulSets): restored exactly."""
+    suspend: bool | None = None
+    """`spec.suspend` before (Jobs and CronJobs): restored exactly."""
+    state: WorkloadState = WorkloadState.STOPPED
+    autoscaler: str | None = Field(default=None, max_length=300)
+    """What else scales it, and what kubemeter did about that (HPA, KEDA)."""
     suspended_at: AwareDatetime | None = None
+
+
+class EnforcementState(StrEnum):
+    SUSPENDING = "Suspending"
+    SUSPENDED = "Suspended"
+    RESTORING = "Restoring"
+    RESTORED = "Restored"
+
+
+class EnforcementStatus(ApiModel):
+    """The latest enforcement of the Tenant's budget (kept after restore, until the next)."""
+
+    state: EnforcementState
+    trigger: str = Field(max_length=40)
+    """walletEmpty, budgetExceeded or budgetForecast."""
+    reason: str = Field(max_length=1000)
+    period: str = Field(pattern=r"^[0-9]{4}-(0[1-9]|1[0-2])$")
+    started_at: AwareDatetime
+    stopped_at: AwareDatetime | None = None
+    """When the last GPU workload reached 0."""
+    limit: Dec | None = None
+    overshoot: Dec | None = None
+    """Spend above the limit when the last GPU workload reached 0 (0: stopped in time)."""
+    restored_at: AwareDatetime | None = None
+    skipped: list[str] = Field(default_factory=list, max_length=100)
+    """Workloads deleted (or replaced) while suspended, not restored."""
+
+
+class DeliveryState(StrEnum):
+    DELIVERED = "Delivered"
+    RETRYING = "Retrying"
+    DEAD_LETTER = "DeadLetter"
+
+
+class NotificationStatus(ApiModel):
+    """The last webhook delivery (spec.notification)."""
+
+    event_id: str = Field(max_length=64)
+    type: str = Field(max_length=100)
+    state: DeliveryState
+    attempts: int = Field(ge=0)
+    at: AwareDatetime
+    error: str | None = Field(default=None, max_length=500)
+    dead_letters: int = Field(default=0, ge=0)
+    """Deliveries of this tenant that gave up (kept in the ledger's outbox)."""
 
 
 class PeriodState(StrEnum):
@@ -278,6 +377,8 @@ class TenantStatus(ApiModel):
     phase: TenantPhase | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=20)
     suspended_workloads: list[SuspendedWorkload] = Field(default_factory=list, max_length=1000)
+    enforcement: EnforcementStatus | None = None
+    notification: NotificationStatus | None = None
     last_metered_time: AwareDatetime | None = None
     observed_generation: int | None = None
     summary: TenantSummary | None = None

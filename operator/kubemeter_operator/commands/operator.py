@@ -50,6 +50,16 @@ def register(sub: Any) -> None:
         ("--lease-duration", "lease_duration_s", float, "seconds (12)"),
         ("--lease-renew", "lease_renew_s", float, "seconds (3)"),
         ("--identity", "identity", str, "this replica's holder identity"),
+        ("--gpu-resources", "gpu_resources", str, "resource names that are GPUs"),
+        ("--keda", "keda", str, "pause KEDA ScaledObjects: auto, on or off"),
+        ("--admission-listen", "admission_listen", str, "host:port of the webhook"),
+        ("--admission-webhook-name", "admission_webhook_name", str, "its configuration"),
+        ("--admission-cert-secret", "admission_cert_secret", str, "namespace/name"),
+        ("--admission-hosts", "admission_hosts", str, "DNS names/IPs of its certificate"),
+        ("--webhook-timeout", "webhook_timeout_s", float, "seconds per delivery (10)"),
+        ("--webhook-max-attempts", "webhook_max_attempts", int, "before dead letter (8)"),
+        ("--webhook-backoff", "webhook_backoff_s", float, "first retry wait, seconds (5)"),
+        ("--webhook-backoff-max", "webhook_backoff_max_s", float, "seconds (600)"),
     ):
         parser.add_argument(flag, dest=dest, type=kind, help=help_)
     parser.add_argument("--kubeconfig")

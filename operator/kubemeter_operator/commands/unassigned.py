@@ -20,8 +20,8 @@ from kubemeter_operator.commands.invoice import parse_period
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.ledger.engine import resolve_url
 from kubemeter_operator.metering.cycle import UnassignedUsage
-from kubemeter_operator.metering.tenancy import UNASSIGNED
 from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.tenancy import UNASSIGNED
 
 MS_PER_HOUR = Decimal(3_600_000)
 

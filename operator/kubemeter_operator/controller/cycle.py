@@ -4,11 +4,14 @@
    recorded failure (the checkpoint does not move; the next success backfills);
 2. **bill**: terms, the close of every period metering has covered, wallets settled per
    period (`billing.biller`);
-3. **decide -> enforce**: budget decisions and scale-down (the enforcement issue);
+3. **decide -> enforce**: each Tenant's budget decision, its notices recorded once in the
+   ledger's outbox, and the GPU workloads stopped or restored (`controller.budgets`);
 4. **report**: each Tenant's status and Events, and PeriodClosed for finalised periods
-   (`controller.reconcile`).
+   (`controller.reconcile`);
+5. **notify**: the outbox delivered, as Kubernetes Events and signed webhooks
+   (`notifications.delivery`).
 
-While metering is behind (catching up after an outage or a restart), 2-4 wait until it has
+While metering is behind (catching up after an outage or a restart), 2-5 wait until it has
 caught up: a close decided on a half-metered span would be early for nobody's benefit. Time
 is an input (`now`, default the clock): the time-travel tests run simulated months through
 `run_once` in seconds.
@@ -23,12 +26,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from kubemeter_operator.api.priceplan import PricePlan
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.billing.biller import Biller, BillingReport
+from kubemeter_operator.controller.budgets import BudgetStep
 from kubemeter_operator.controller.reconcile import CycleFacts, TenantReconciler
+from kubemeter_operator.errors import KubemeterError
 from kubemeter_operator.ledger.quarantine import QuarantineEntry
 from kubemeter_operator.metering.cycle import CycleResult
 from kubemeter_operator.metering.loop import MeteringLoop
@@ -37,6 +42,12 @@ log = logging.getLogger(__name__)
 
 World = Callable[[], tuple[Mapping[str, Tenant], Mapping[str, PricePlan]]]
 """The Tenants and PricePlans the operator currently knows, by name."""
+
+
+class Notify(Protocol):
+    """Delivers the outbox (`notifications.delivery.Notifier`)."""
+
+    async def run_once(self, now: datetime, tenants: Mapping[str, Tenant]) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,8 @@ class OperatorCycle:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         leading: Callable[[], bool] = lambda: True,
         token_problems: Callable[[], Mapping[str, str]] = dict,
+        budgets: BudgetStep | None = None,
+        notifier: Notify | None = None,
     ) -> None:
         self.metering = metering
         self.biller = biller
@@ -68,6 +81,8 @@ class OperatorCycle:
         """Whether this replica may act now (see `controller.leader`); a standby's cycle
         does nothing."""
         self.token_problems = token_problems
+        self.budgets = budgets
+        self.notifier = notifier
         self._stop = asyncio.Event()
         self._metered_until: datetime | None = None
         self._untrusted: CycleResult | None = None
@@ -82,6 +97,8 @@ class OperatorCycle:
         self.metering.last_success = None
         self.metering.last_result = None
         self.reconciler.reset()
+        if self.budgets is not None:
+            self.budgets.reset()
 
     async def run_once(self, now: datetime | None = None) -> CycleOutcome:
         if not self.leading():  # a standby: the leader meters, bills and reports
@@ -102,7 +119,15 @@ class OperatorCycle:
         billing = await asyncio.to_thread(  # 2. bill
             self.biller.run, now, tenants, plans, metered_until
         )
-        # 3. decide -> enforce: budgets that stop the burn (the enforcement issue)
+        if not self.leading():
+            return CycleOutcome(wait, billing)
+        budgets = (
+            await self.budgets.run(  # 3. decide -> enforce
+                tenants, billing, now=now, metered_until=metered_until, leading=self.leading
+            )
+            if self.budgets is not None
+            else {}
+        )
         if not self.leading():
             return CycleOutcome(wait, billing)
         facts = CycleFacts(
@@ -113,7 +138,12 @@ class OperatorCycle:
             token_problems=dict(self.token_problems()),
         )
         self._held = []
-        await self.reconciler.reconcile_all(tenants, plans, facts, billing)  # 4. report
+        await self.reconciler.reconcile_all(tenants, plans, facts, billing, budgets)  # 4. report
+        if self.notifier is not None and self.leading():
+            try:
+                await self.notifier.run_once(now, tenants)  # 5. notify
+            except KubemeterError as exc:
+                log.warning("notifications not delivered this cycle: %s", exc)
         return CycleOutcome(wait, billing)
 
     async def _metered(self, now: datetime) -> datetime | None:

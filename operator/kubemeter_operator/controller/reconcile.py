@@ -22,17 +22,29 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 from kubemeter_operator.api.priceplan import PricePlan
-from kubemeter_operator.api.tenant import Tenant, TenantStatus
+from kubemeter_operator.api.tenant import (
+    DeliveryState,
+    NotificationStatus,
+    Tenant,
+    TenantStatus,
+)
 from kubemeter_operator.billing.biller import BillingReport, TenantBill
+from kubemeter_operator.controller.budgets import BudgetOutcome
 from kubemeter_operator.errors import KubemeterError
-from kubemeter_operator.ledger import Ledger
-from kubemeter_operator.metering.tenancy import TenancyMap
+from kubemeter_operator.ledger import DeliverySummary, Ledger
 from kubemeter_operator.status import build_status, status_events, status_patch
 from kubemeter_operator.status.events import period_closed, usage_quarantined
 from kubemeter_operator.status.forecast import RECENT_WINDOW, TotalSample
 from kubemeter_operator.usage import Period
+from kubemeter_operator.usage.tenancy import TenancyMap
 
 log = logging.getLogger(__name__)
+
+_DELIVERY = {
+    "delivered": DeliveryState.DELIVERED,
+    "retrying": DeliveryState.RETRYING,
+    "dead": DeliveryState.DEAD_LETTER,
+}
 
 
 class StatusWriter(Protocol):
@@ -78,14 +90,23 @@ class TenantReconciler:
         plans: Mapping[str, PricePlan],
         facts: CycleFacts,
         billing: BillingReport,
+        budgets: Mapping[str, BudgetOutcome] | None = None,
     ) -> None:
         tenancy = TenancyMap.build(tenants.values())
+        try:
+            deliveries = await asyncio.to_thread(self.ledger.delivery_summaries)
+        except KubemeterError as exc:
+            log.warning("webhook delivery states not read this cycle: %s", exc)
+            deliveries = {}
         for name, tenant in sorted(tenants.items()):
             conflicts = {c.namespace: c.owner for c in tenancy.conflicts_of(name)}
             plan = plans.get(tenant.spec.price_plan_ref.name)
             bill = billing.tenants.get(name) or TenantBill(name, _period(facts))
+            budget = (budgets or {}).get(name) or BudgetOutcome()
             try:
-                await self.reconcile(tenant, plan, facts, conflicts, bill)
+                await self.reconcile(
+                    tenant, plan, facts, conflicts, bill, budget, deliveries.get(name)
+                )
             except KubemeterError as exc:
                 log.warning("tenant %s: status not updated this cycle: %s", name, exc)
             except Exception:  # one tenant's bug must not stop the others
@@ -99,6 +120,8 @@ class TenantReconciler:
         facts: CycleFacts,
         conflicts: Mapping[str, str],
         bill: TenantBill,
+        budget: BudgetOutcome | None = None,
+        delivery: DeliverySummary | None = None,
     ) -> TenantStatus:
         name = tenant.name
         previous = self._written.get(name) or tenant.status
@@ -111,7 +134,9 @@ class TenantReconciler:
             "close": bill.close_problem,
             "untrusted": facts.untrusted.get(name, ""),
             "token": facts.token_problems.get(name, ""),
+            "enforcement": "; ".join(budget.problems)[:1000] if budget is not None else "",
         }
+        budget = budget or BudgetOutcome()
         recent = self._recent.setdefault(name, deque())
         status = build_status(
             tenant,
@@ -129,6 +154,10 @@ class TenantReconciler:
             previous_statement=bill.previous,
             previous_final=bill.previous_final,
             billing_problems={k: v for k, v in problems.items() if v},
+            decision=budget.decision,
+            enforcement=budget.enforcement,
+            suspended_workloads=budget.suspended_workloads,
+            notification=notification_status(delivery),
         )
         if bill.statement is not None:
             if recent and str(_period(facts)) != bill.statement.period:
@@ -164,6 +193,10 @@ class TenantReconciler:
                 log.info("period %s of deleted tenant %s finalised", final.period, final.tenant)
             await asyncio.to_thread(self.ledger.mark_announced, final.tenant, final.period)
 
+    def recent(self, tenant: str) -> list[TotalSample]:
+        """The running totals seen at earlier cycles of this period (the burn rate's)."""
+        return list(self._recent.get(tenant, ()))
+
     def reset(self) -> None:
         """Forget every status written: start from what the API server holds."""
         self._written.clear()
@@ -173,6 +206,20 @@ class TenantReconciler:
         """A Tenant was deleted: drop what is cached for it."""
         self._recent.pop(tenant, None)
         self._written.pop(tenant, None)
+
+
+def notification_status(summary: DeliverySummary | None) -> NotificationStatus | None:
+    if summary is None:
+        return None
+    return NotificationStatus(
+        event_id=summary.event_id,
+        type=summary.type[:100],
+        state=_DELIVERY[summary.state],
+        attempts=summary.attempts,
+        at=summary.at,
+        error=summary.error[:500] if summary.error else None,
+        dead_letters=summary.dead_letters,
+    )
 
 
 def _period(facts: CycleFacts) -> Period:

@@ -22,14 +22,17 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
+from kubemeter_operator.admission.webhook import AdmissionSettings, AdmissionWebhook
 from kubemeter_operator.api.errors import format_validation_error
 from kubemeter_operator.api.priceplan import PricePlan, PricePlanSpec
 from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.billing.biller import Biller
 from kubemeter_operator.config import OperatorConfig
+from kubemeter_operator.controller.budgets import BudgetStep
 from kubemeter_operator.controller.cycle import OperatorCycle
 from kubemeter_operator.controller.leader import LeaderElector
 from kubemeter_operator.controller.reconcile import TenantReconciler
+from kubemeter_operator.enforcement.enforcer import Enforcer
 from kubemeter_operator.errors import KubemeterError, TransientError
 from kubemeter_operator.events_api.app import EventsApiConfig, create_app
 from kubemeter_operator.events_api.k8s_tokens import (
@@ -40,6 +43,8 @@ from kubemeter_operator.events_api.server import serve
 from kubemeter_operator.events_api.tls import server_ssl_context
 from kubemeter_operator.kube.client import KubeWriter, list_world, load_api_client
 from kubemeter_operator.kube.lease import KubeLeaseStore
+from kubemeter_operator.kube.secrets import kubernetes_secret_reader as secret_reader
+from kubemeter_operator.kube.workloads import KubeWorkloads
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.exporters import ExporterWatch, start_exporter_watch
@@ -48,6 +53,8 @@ from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodRegistry
 from kubemeter_operator.metering.podwatch import PodMetadataWatch, start_pod_watch
 from kubemeter_operator.metering.prometheus import PrometheusClient
+from kubemeter_operator.notifications.delivery import Notifier, RetryPolicy
+from kubemeter_operator.notifications.metrics import NotificationMetrics
 from kubemeter_operator.status.priceplan import priceplan_status, same_status
 
 log = logging.getLogger(__name__)
@@ -69,9 +76,11 @@ class OperatorService:
         self.biller: Biller | None = None
         self.token_store: KubernetesTokenStore | None = None
         self.elector: LeaderElector | None = None
+        self.admission: AdmissionWebhook | None = None
         self.registry = CollectorRegistry()
         """The operator's own metrics (registered once per process, whatever start() does)."""
         self.metering_metrics = MeteringMetrics(self.registry)
+        self.notification_metrics = NotificationMetrics(self.registry)
         self.started = False
         self._metrics_served = False
         self._stopping = asyncio.Event()
@@ -193,6 +202,25 @@ class OperatorService:
         self.biller = Biller(self.ledger, grace=timedelta(seconds=cfg.period_grace_s))
         self.elector = None if cfg.standalone else self._elector(api_client)
         elector = self.elector
+        reconciler = self.reconciler
+        budgets = BudgetStep(
+            self.ledger,
+            Enforcer(self.ledger, KubeWorkloads(api_client), cfg.gpu, keda=cfg.keda),
+            self.writer,
+            reconciler.recent,
+        )
+        notifier = Notifier(
+            self.ledger,
+            self.writer,
+            secret_reader(kubernetes.client.CoreV1Api(api_client)),
+            policy=RetryPolicy(
+                timeout_s=cfg.webhook_timeout_s,
+                max_attempts=cfg.webhook_max_attempts,
+                backoff_s=cfg.webhook_backoff_s,
+                backoff_max_s=cfg.webhook_backoff_max_s,
+            ),
+            metrics=self.notification_metrics,
+        )
         self.cycle = OperatorCycle(
             self.loop,
             self.biller,
@@ -200,6 +228,8 @@ class OperatorService:
             lambda: (dict(self.tenants), dict(self.plans)),
             leading=(lambda: elector.leading) if elector is not None else (lambda: True),
             token_problems=lambda: self.token_store.problems if self.token_store else {},
+            budgets=budgets,
+            notifier=notifier,
         )
         if elector is not None:
             self._tasks.append(asyncio.create_task(elector.run(self._stopping), name="lease"))
@@ -241,6 +271,31 @@ class OperatorService:
                     else None
                 ),
             )
+        # -- admission webhook (admission/): every replica serves it, the leader labels the
+        # tenant namespaces; its certificate Secret is shared by all replicas.
+        admission_listen = cfg.admission_host_port
+        if admission_listen is not None:
+            own_ns = os.environ.get("POD_NAMESPACE") or "default"
+            cert_ns, _, cert_name = (
+                cfg.admission_cert_secret or f"{own_ns}/kubemeter-admission-cert"
+            ).partition("/")
+            hosts = tuple(h.strip() for h in cfg.admission_hosts.split(",") if h.strip())
+            self.admission = AdmissionWebhook.for_cluster(
+                api_client,
+                AdmissionSettings(
+                    host=admission_listen[0],
+                    port=admission_listen[1],
+                    webhook_name=cfg.admission_webhook_name,
+                    cert_namespace=cert_ns,
+                    cert_name=cert_name,
+                    hosts=hosts or (f"{cfg.admission_webhook_name}.{own_ns}.svc",),
+                    gpu=cfg.gpu,
+                ),
+                tenants=lambda: self.tenants,
+                leading=(lambda: elector.leading) if elector is not None else (lambda: True),
+            )
+            await self.admission.start()
+        # -- end of the admission webhook
         log.info("kubemeter operator started (ledger %s)", self.ledger.dialect)
 
     def _elector(self, api_client: Any) -> LeaderElector:
@@ -300,6 +355,9 @@ class OperatorService:
             self._exporter_watch = None
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.admission is not None:  # the admission webhook
+            await self.admission.stop()
+            self.admission = None
         if self.elector is not None:  # give the Lease up so a standby takes over at once
             with contextlib.suppress(KubemeterError):
                 await asyncio.to_thread(self.elector.release)

@@ -20,6 +20,8 @@ Never keep a plaintext token (only digests), never log one, and never let a weak
 token authenticate.
 
 RBAC: the operator needs `get` on the referenced Secrets (a Role in their namespace).
+Secrets are read through `kube.secrets` (`SecretReader`, `kubernetes_secret_reader`, still
+importable from here).
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
 
 from kubemeter_operator.errors import TransientError
 from kubemeter_operator.events_api.auth import TokenIndex, token_digest, token_weakness
 from kubemeter_operator.events_api.ports import TenantsProvider
+from kubemeter_operator.kube.secrets import SecretReader as SecretReader
+from kubemeter_operator.kube.secrets import kubernetes_secret_reader as kubernetes_secret_reader
 
 log = logging.getLogger(__name__)
 
@@ -45,40 +48,6 @@ SECRET_NOT_FOUND = "SecretNotFound"
 TOKEN_KEY_MISSING = "TokenKeyMissing"
 WEAK_TOKEN = "WeakToken"
 SHARED_TOKEN = "SharedToken"
-
-SecretReader = Callable[[str, str], "dict[str, str] | None"]
-"""(namespace, name) -> the Secret's base64 `data`, None when it does not exist; raises
-TransientError when the API server cannot be asked."""
-
-
-def kubernetes_secret_reader(core_v1: Any = None) -> SecretReader:
-    """A SecretReader on the official client (`CoreV1Api`; loads the config if not given)."""
-    from kubernetes import client, config
-    from kubernetes.client.exceptions import ApiException
-
-    if core_v1 is None:
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        core_v1 = client.CoreV1Api()
-
-    def read(namespace: str, name: str) -> dict[str, str] | None:
-        try:
-            secret = core_v1.read_namespaced_secret(name, namespace, _request_timeout=10)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            if exc.status in (401, 403):
-                raise TransientError(
-                    f"not allowed to read secret {namespace}/{name}: {exc.reason}"
-                ) from exc
-            raise TransientError(f"reading secret {namespace}/{name}: {exc.reason}") from exc
-        except Exception as exc:  # urllib3 / connection errors
-            raise TransientError(f"reading secret {namespace}/{name}: {exc}") from exc
-        return dict(secret.data or {})
-
-    return read
 
 
 def _decode(value: str) -> str | None:

@@ -22,9 +22,25 @@ from sqlalchemy import Connection, Engine
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import UsageRecord
-from kubemeter_operator.ledger import migrations, quarantine, queries, statements, usage, wallets
+from kubemeter_operator.ledger import (
+    enforcement,
+    migrations,
+    outbox,
+    quarantine,
+    queries,
+    statements,
+    usage,
+    wallets,
+)
 from kubemeter_operator.ledger.dberrors import wrapped
+from kubemeter_operator.ledger.enforcement import (
+    SuspensionRow,
+    WorkloadKey,
+    WorkloadRecord,
+    WorkloadRow,
+)
 from kubemeter_operator.ledger.engine import DEFAULT_URL, READONLY, make_engine
+from kubemeter_operator.ledger.outbox import DeliverySummary, Notice, OutboxRow
 from kubemeter_operator.ledger.quarantine import QuarantineEntry, QuarantineRow
 from kubemeter_operator.ledger.statements import (
     Finalised,
@@ -39,18 +55,25 @@ from kubemeter_operator.usage.totals import UsageTotals
 
 __all__ = [
     "DEFAULT_URL",
+    "DeliverySummary",
     "Finalised",
     "Ledger",
     "LedgerTx",
+    "Notice",
+    "OutboxRow",
     "QuarantineEntry",
     "QuarantineRow",
     "RecordResult",
     "Settlement",
     "StatementLineRecord",
     "StatementRecord",
+    "SuspensionRow",
     "Terms",
     "UsageWindow",
     "WalletBalance",
+    "WorkloadKey",
+    "WorkloadRecord",
+    "WorkloadRow",
 ]
 
 T = TypeVar("T")
@@ -95,6 +118,10 @@ class LedgerTx:
         self, tenant: str, period: Period, due: Decimal, currency: str, *, final: bool = False
     ) -> Settlement:
         return wallets.settle(self.conn, tenant, str(period), due, currency, self.now, final=final)
+
+    def record_notices(self, notices: Sequence[Notice]) -> list[Notice]:
+        """Record notices in this transaction (see `Ledger.record_notices`)."""
+        return outbox.record(self.conn, notices, self.now)
 
 
 class Ledger:
@@ -341,3 +368,151 @@ class Ledger:
 
     def wallet(self, tenant: str) -> WalletBalance:
         return self._read("wallet balance", lambda c: wallets.get_balance(c, tenant))
+
+    # -- enforcement (write-ahead log; see ledger.enforcement) ---------------------------
+
+    def active_suspensions(self) -> dict[str, SuspensionRow]:
+        """Per tenant, the suspension not restored yet."""
+        return self._read("active suspensions", enforcement.active)
+
+    def latest_suspensions(self) -> dict[str, SuspensionRow]:
+        """Per tenant, the active suspension, else the last restored one."""
+        return self._read("latest suspensions", enforcement.latest)
+
+    def start_suspension(
+        self, tenant: str, period: Period, trigger: str, limit: Decimal | None, reason: str
+    ) -> tuple[SuspensionRow, bool]:
+        """Start a suspension (True), or return the tenant's active one (False)."""
+        with self._write_tx("start suspension") as conn:
+            return enforcement.start(
+                conn, tenant, str(period), trigger, limit, reason, self._clock()
+            )
+
+    def suspension(self, suspension_id: str) -> SuspensionRow | None:
+        return self._read("suspension", lambda c: enforcement.get(c, suspension_id))
+
+    def suspension_workloads(self, suspension_id: str) -> list[WorkloadRow]:
+        return self._read("suspended workloads", lambda c: enforcement.workloads(c, suspension_id))
+
+    def record_workloads(
+        self,
+        suspension_id: str,
+        records: Sequence[WorkloadRecord],
+        replaced: Sequence[WorkloadRecord] = (),
+    ) -> int:
+        """Write-ahead: what these workloads have now, before they are changed (rows of
+        workloads recorded earlier are kept; `replaced` overwrite theirs). New rows."""
+        with self._write_tx("record workloads") as conn:
+            now = self._clock()
+            for record in replaced:
+                enforcement.replace(conn, suspension_id, record, now)
+            return enforcement.record(conn, suspension_id, records, now)
+
+    def set_workload_states(
+        self,
+        suspension_id: str,
+        keys: Sequence[WorkloadKey],
+        state: str,
+        *,
+        note: str | None = None,
+    ) -> None:
+        if not keys:
+            return
+        with self._write_tx("workload states") as conn:
+            enforcement.set_workload_states(
+                conn, suspension_id, keys, state, self._clock(), note=note
+            )
+
+    def set_workload_autoscaler(
+        self, suspension_id: str, key: WorkloadKey, autoscaler: str | None, keda: str | None
+    ) -> None:
+        with self._write_tx("workload autoscaler") as conn:
+            enforcement.set_autoscaler(
+                conn, suspension_id, key, autoscaler=autoscaler, keda_object=keda
+            )
+
+    def move_suspension(
+        self,
+        suspension_id: str,
+        expect: str | Sequence[str],
+        state: str,
+        *,
+        stopped_at: datetime | None = None,
+        overshoot: Decimal | None = None,
+        notices: Sequence[Notice] = (),
+    ) -> bool:
+        """Compare-and-set the suspension's state; the notices announcing the change are
+        recorded in the same transaction (so they go out once, and only if it moved)."""
+        with self.transaction("move suspension") as tx:
+            moved = enforcement.set_state(
+                tx.conn, suspension_id, expect, state, tx.now,
+                stopped_at=stopped_at, overshoot=overshoot,
+            )  # fmt: skip
+            if moved and notices:
+                tx.record_notices(notices)
+            return moved
+
+    def set_overshoot(self, suspension_id: str, overshoot: Decimal) -> None:
+        with self._write_tx("set overshoot") as conn:
+            enforcement.set_overshoot(conn, suspension_id, overshoot)
+
+    # -- notifications (outbox) ----------------------------------------------------------
+
+    def record_notices(self, notices: Sequence[Notice]) -> list[Notice]:
+        """Record notices once per (tenant, key) (see `ledger.outbox`): returns those
+        recorded now; one recorded before (by this or another replica) is skipped."""
+        with self._write_tx("record notices") as conn:
+            return outbox.record(conn, notices, self._clock())
+
+    def notice_keys(self, tenant: str, prefix: str = "") -> set[str]:
+        """The notice keys recorded for `tenant` that start with `prefix`."""
+        return self._read("notice keys", lambda c: outbox.keys(c, tenant, prefix))
+
+    def notices(self, tenant: str | None = None) -> list[OutboxRow]:
+        """Every stored notice (of `tenant`), oldest first."""
+        return self._read("notices", lambda c: outbox.rows(c, tenant))
+
+    def notice(self, event_id: str) -> OutboxRow | None:
+        return self._read("notice", lambda c: outbox.get(c, event_id))
+
+    def pending_events(self, limit: int = 500) -> list[OutboxRow]:
+        """Notices whose Kubernetes Event is not marked posted yet, oldest first."""
+        return self._read("pending events", lambda c: outbox.pending_events(c, limit))
+
+    def mark_events_posted(self, ids: Sequence[str]) -> int:
+        """Mark these notices' Events posted; returns how many changed now."""
+        with self._write_tx("mark events posted") as conn:
+            return outbox.mark_events_posted(conn, ids)
+
+    def due_webhooks(self, now: datetime, limit: int = 100) -> list[OutboxRow]:
+        """Pending webhook deliveries whose next attempt is due at `now`, oldest first."""
+        return self._read("due webhooks", lambda c: outbox.due_webhooks(c, now, limit))
+
+    def record_attempt(
+        self,
+        event_id: str,
+        now: datetime,
+        *,
+        delivered: bool,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+        seen_attempts: int | None = None,
+    ) -> bool:
+        """Record a webhook attempt: delivered; failed, next at `next_attempt_at`; or failed
+        for good (`next_attempt_at` None: dead-lettered). Compare-and-set on the row being
+        pending (and on `seen_attempts`, the count the attempt read, for a failure): True if
+        it changed."""
+        with self._write_tx("record webhook attempt") as conn:
+            return outbox.record_attempt(
+                conn, event_id, now, delivered=delivered, error=error,
+                next_attempt_at=next_attempt_at, seen_attempts=seen_attempts,
+            )  # fmt: skip
+
+    def dead_letter(self, event_id: str, now: datetime, error: str) -> bool:
+        """Give a pending webhook delivery up unattempted (the webhook was removed)."""
+        with self._write_tx("dead-letter webhook") as conn:
+            return outbox.dead_letter(conn, event_id, now, error)
+
+    def delivery_summaries(self) -> dict[str, DeliverySummary]:
+        """Per tenant: the latest attempted webhook delivery and the dead-letter count."""
+        return self._read("delivery summaries", outbox.delivery_summaries)

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Connection,
@@ -432,12 +433,98 @@ def _copy(conn: Connection, source: str, target: str, columns: tuple[str, ...]) 
     conn.execute(text(f"INSERT INTO {target} ({names}) SELECT {names} FROM {source}"))
 
 
+def _v6_budgets(conn: Connection) -> None:
+    """The notification outbox and enforcement's write-ahead log (new tables only)."""
+    md = MetaData()
+    Table(
+        "notification",
+        md,
+        Column("id", String(64), primary_key=True),
+        Column("tenant", String(253), nullable=False),
+        Column("key", String(600), nullable=False),
+        Column("period", String(7), nullable=True),
+        Column("type", String(64), nullable=False),
+        Column("severity", String(8), nullable=False),
+        Column("message", Text, nullable=False),
+        Column("data", Text, nullable=False),
+        Column("created_at", UtcTimestamp, nullable=False),
+        Column("event_state", String(8), nullable=False),
+        Column("webhook_state", String(10), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("next_attempt_at", UtcTimestamp, nullable=True),
+        Column("last_attempt_at", UtcTimestamp, nullable=True),
+        Column("last_error", Text, nullable=True),
+        Column("delivered_at", UtcTimestamp, nullable=True),
+        CheckConstraint("event_state IN ('pending', 'posted')", name="ck_notification_event"),
+        CheckConstraint(
+            "webhook_state IN ('none', 'pending', 'delivered', 'dead')",
+            name="ck_notification_webhook",
+        ),
+        CheckConstraint("attempts >= 0", name="ck_notification_attempts"),
+        Index("ux_notification_key", "tenant", "key", unique=True),
+        Index("ix_notification_webhook", "webhook_state", "next_attempt_at"),
+        Index("ix_notification_event", "event_state"),
+    )
+    Table(
+        "suspension",
+        md,
+        Column("id", String(64), primary_key=True),
+        Column("tenant", String(253), nullable=False),
+        Column("period", String(7), nullable=False),
+        Column("trigger", String(20), nullable=False),
+        Column("limit", ExactDecimal, nullable=True),
+        Column("reason", Text, nullable=False),
+        Column("state", String(10), nullable=False),
+        Column("started_at", UtcTimestamp, nullable=False),
+        Column("stopped_at", UtcTimestamp, nullable=True),
+        Column("overshoot", ExactDecimal, nullable=True),
+        Column("restored_at", UtcTimestamp, nullable=True),
+        CheckConstraint(
+            "state IN ('suspending', 'suspended', 'restoring', 'restored')",
+            name="ck_suspension_state",
+        ),
+        Index(
+            "ux_suspension_active",
+            "tenant",
+            unique=True,
+            sqlite_where=text("state != 'restored'"),
+            postgresql_where=text("state != 'restored'"),
+        ),
+    )
+    Table(
+        "suspended_workload",
+        md,
+        Column("suspension_id", String(64), primary_key=True),
+        Column("kind", String(16), primary_key=True),
+        Column("namespace", String(63), primary_key=True),
+        Column("name", String(253), primary_key=True),
+        Column("uid", String(64), nullable=False),
+        Column("replicas", BigInteger, nullable=True),
+        Column("suspend", Boolean, nullable=True),
+        Column("state", String(10), nullable=False),
+        Column("autoscaler", Text, nullable=True),
+        Column("keda_object", String(253), nullable=True),
+        Column("recorded_at", UtcTimestamp, nullable=False),
+        Column("stopped_at", UtcTimestamp, nullable=True),
+        Column("restored_at", UtcTimestamp, nullable=True),
+        Column("note", Text, nullable=True),
+        CheckConstraint(
+            "state IN ('stopping', 'stopped', 'left', 'deleted', 'restored', 'gone')",
+            name="ck_suspended_workload_state",
+        ),
+        CheckConstraint("replicas IS NULL OR replicas >= 0", name="ck_suspended_workload_replicas"),
+        ForeignKeyConstraint(["suspension_id"], ["suspension.id"]),
+    )
+    md.create_all(conn)
+
+
 STEPS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_rollups,
     _v3_event_index,
     _v4_billing_over_time,
     _v5_trust,
+    _v6_budgets,
 ]
 HEAD = len(STEPS)
 

@@ -23,6 +23,14 @@ migrated from scratch matches this metadata.
   and refunds), and per period what is due and what the wallet has paid of it.
 - quarantine: counter deltas that broke a bound (more GPU time than wall time, tokens
   faster than the configured rate): kept, never billed until an admin releases them.
+- notification: the outbox of budget notices (thresholds, exceeded, wallet low/empty,
+  suspended, restored, fought). One row per (tenant, key): the key names what is announced
+  once (`2026-11/threshold/80`), so recording it again is a no-op and a restart or failover
+  never announces it twice. The row carries its Kubernetes Event (posted, at least once) and
+  its webhook delivery (attempts, backoff, delivered or dead-lettered).
+- suspension / suspended_workload: budget enforcement's write-ahead log. A suspension per
+  enforcement (at most one not restored per tenant); each workload's original replicas or
+  suspend state is written before kubemeter changes it, and restored from here.
 
 Quantities are 64-bit integers with CHECK constraints (non-negative; on SQLite also of
 integer type, so an overflowing sum fails instead of silently becoming a REAL).
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
@@ -42,6 +51,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 from kubemeter_operator.ledger.columns import ExactDecimal, UtcTimestamp
@@ -229,4 +239,84 @@ wallet_period = Table(
     Column("paid", ExactDecimal, nullable=False),
     Column("updated_at", UtcTimestamp, nullable=False),
     ForeignKeyConstraint(["tenant"], ["wallet.tenant"]),
+)
+
+notification = Table(
+    "notification",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the stable event id (CloudEvents `id`)
+    Column("tenant", String(253), nullable=False),
+    Column("key", String(600), nullable=False),  # what is announced once, e.g. 2026-11/threshold/80
+    Column("period", String(7), nullable=True),
+    Column("type", String(64), nullable=False),  # the Event reason, e.g. BudgetThresholdCrossed
+    Column("severity", String(8), nullable=False),  # Normal or Warning
+    Column("message", Text, nullable=False),
+    Column("data", Text, nullable=False),  # the webhook's `data` (canonical JSON)
+    Column("created_at", UtcTimestamp, nullable=False),
+    Column("event_state", String(8), nullable=False),  # pending, posted
+    Column("webhook_state", String(10), nullable=False),  # none, pending, delivered, dead
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcTimestamp, nullable=True),
+    Column("last_attempt_at", UtcTimestamp, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", UtcTimestamp, nullable=True),
+    CheckConstraint("event_state IN ('pending', 'posted')", name="ck_notification_event"),
+    CheckConstraint(
+        "webhook_state IN ('none', 'pending', 'delivered', 'dead')", name="ck_notification_webhook"
+    ),
+    CheckConstraint("attempts >= 0", name="ck_notification_attempts"),
+    Index("ux_notification_key", "tenant", "key", unique=True),
+    Index("ix_notification_webhook", "webhook_state", "next_attempt_at"),
+    Index("ix_notification_event", "event_state"),
+)
+
+suspension = Table(
+    "suspension",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("tenant", String(253), nullable=False),
+    Column("period", String(7), nullable=False),  # the period whose budget stopped it
+    Column("trigger", String(20), nullable=False),  # walletEmpty, budgetExceeded, budgetForecast
+    Column("limit", ExactDecimal, nullable=True),  # the budget limit then
+    Column("reason", Text, nullable=False),
+    Column("state", String(10), nullable=False),  # suspending, suspended, restoring, restored
+    Column("started_at", UtcTimestamp, nullable=False),
+    Column("stopped_at", UtcTimestamp, nullable=True),  # the last GPU workload reached 0
+    Column("overshoot", ExactDecimal, nullable=True),
+    Column("restored_at", UtcTimestamp, nullable=True),
+    CheckConstraint(
+        "state IN ('suspending', 'suspended', 'restoring', 'restored')", name="ck_suspension_state"
+    ),
+    Index(
+        "ux_suspension_active",
+        "tenant",
+        unique=True,
+        sqlite_where=text("state != 'restored'"),
+        postgresql_where=text("state != 'restored'"),
+    ),
+)
+
+suspended_workload = Table(
+    "suspended_workload",
+    metadata,
+    Column("suspension_id", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # Deployment, StatefulSet, Job, CronJob, Pod
+    Column("namespace", String(63), primary_key=True),
+    Column("name", String(253), primary_key=True),
+    Column("uid", String(64), nullable=False),
+    Column("replicas", BigInteger, nullable=True),  # the original spec.replicas
+    Column("suspend", Boolean, nullable=True),  # the original spec.suspend
+    Column("state", String(10), nullable=False),  # stopping, stopped, left, deleted, restored, gone
+    Column("autoscaler", Text, nullable=True),  # HPA / KEDA note
+    Column("keda_object", String(253), nullable=True),  # the ScaledObject kubemeter paused
+    Column("recorded_at", UtcTimestamp, nullable=False),
+    Column("stopped_at", UtcTimestamp, nullable=True),
+    Column("restored_at", UtcTimestamp, nullable=True),
+    Column("note", Text, nullable=True),
+    CheckConstraint(
+        "state IN ('stopping', 'stopped', 'left', 'deleted', 'restored', 'gone')",
+        name="ck_suspended_workload_state",
+    ),
+    CheckConstraint("replicas IS NULL OR replicas >= 0", name="ck_suspended_workload_replicas"),
+    ForeignKeyConstraint(["suspension_id"], ["suspension.id"]),
 )

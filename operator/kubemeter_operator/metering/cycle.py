@@ -16,7 +16,7 @@ Each run:
    exporter pod's address on the series' node, a valid value); the others are reported in
    ``CycleResult.untrusted`` and counted in metrics, never billed;
 4. takes per-series deltas against the checkpoint, bounds each by physics (below), maps pods
-   to tenants (:mod:`kubemeter_operator.metering.tenancy`; unowned usage goes to
+   to tenants (:mod:`kubemeter_operator.usage.tenancy`; unowned usage goes to
    ``_unassigned``);
 5. writes the usage windows, the quarantined deltas *and* the new checkpoint in one
    ``ledger.record_windows`` call (one transaction), guarded by compare-and-set on the
@@ -128,9 +128,9 @@ from kubemeter_operator.metering import trust
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodDirectory, PodMeta
 from kubemeter_operator.metering.prometheus import Sample, last_value_query
-from kubemeter_operator.metering.tenancy import UNASSIGNED, NamespaceConflict, TenancyMap
 from kubemeter_operator.metering.trust import UntrustedSeries
 from kubemeter_operator.metering.windows import Window, from_ms, next_window, to_ms
+from kubemeter_operator.usage.tenancy import UNASSIGNED, NamespaceConflict, TenancyMap
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ LLM tokens: meters of kind promptTokens / completionTokens / cachedPromptTokens 
 Token series come only from the jobs a PricePlan names: a ``job`` entry in
 ``source.labels`` is a matcher of the query, so only that job's series are read. A source
 without one accepts any job; its series are attributed by their ``namespace`` and ``pod``
-labels under the tenancy rule (:mod:`~kubemeter_operator.metering.tenancy`: the Tenant that
+labels under the tenancy rule (:mod:`~kubemeter_operator.usage.tenancy`: the Tenant that
 owns the namespace, and, when it has a podSelector, only a pod the operator knows with
 matching labels; anything else is ``_unassigned``, never dropped). Those labels are the
 target's own when the scrape job sets them from service discovery without ``honor_labels``,

@@ -3,14 +3,12 @@
 The handler layer supplies the inputs (see `build_status`); `status_patch` then decides
 whether anything needs writing, and `status_events` what to announce.
 
-Phase:
-- `Suspended` when workloads are suspended (the enforcement step reports them), or when the
-  period total reached the budget limit and enforcement is `scaleDown`;
-- `Warning` when the budget use reached the warning threshold (the lowest configured alert
-  threshold of 80 % or more; with none in 80..100, the highest configured one; 80 % when no
-  thresholds are configured), when a prepaid wallet is low or empty, or when the price plan
-  is missing (nothing can be priced);
-- `Active` otherwise.
+Phase: the budget decision's (`budget.decision`, made by the controller's budget step:
+`Suspended` while GPU work is stopped or must be, `Warning` from the warning threshold or
+with an empty wallet that does not enforce); without one (the tenant was not decided this
+cycle) a suspension in force keeps `Suspended`, else the budget alone is decided. Then
+`Warning` when a prepaid wallet is low or the price plan is missing (nothing can be
+priced); `Active` otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +22,10 @@ from kubemeter_operator.api.conditions import Condition
 from kubemeter_operator.api.priceplan import TOKEN_KINDS, MeterKind, PricePlanSpec
 from kubemeter_operator.api.tenant import (
     BudgetStatus,
+    EnforcementState,
+    EnforcementStatus,
     MeterUsage,
+    NotificationStatus,
     PeriodState,
     PeriodSummary,
     SuspendedWorkload,
@@ -35,7 +36,7 @@ from kubemeter_operator.api.tenant import (
     WalletStatus,
 )
 from kubemeter_operator.api.types import format_decimal
-from kubemeter_operator.budget.decision import BudgetInputs, decide
+from kubemeter_operator.budget.decision import BudgetInputs, Decision, decide
 from kubemeter_operator.budget.policy import budget_status
 from kubemeter_operator.money import minor_units, round_half_up
 from kubemeter_operator.rating.statement import Statement
@@ -44,6 +45,7 @@ from kubemeter_operator.status.forecast import TotalSample, forecast
 from kubemeter_operator.usage.periods import Period
 
 MS_PER_HOUR = 3_600_000
+_IN_FORCE = (EnforcementState.SUSPENDING, EnforcementState.SUSPENDED, EnforcementState.RESTORING)
 
 STATUS_PLACES = 6
 """Decimal places of billing-unit quantities shown in Tenant status."""
@@ -114,17 +116,17 @@ def _phase(
     tenant: Tenant,
     period: Period,
     plan_found: bool,
+    decision: Decision | None,
+    enforcement: EnforcementStatus | None,
     budget: BudgetStatus | None,
     wallet: WalletStatus | None,
-    suspended: Sequence[SuspendedWorkload],
 ) -> TenantPhase:
-    if suspended:
-        return TenantPhase.SUSPENDED
-    spec_budget = tenant.spec.budget
-    if budget is not None and spec_budget is not None:
-        phase = decide(BudgetInputs(spec_budget, period, budget.used)).phase
-        if phase is not TenantPhase.ACTIVE:
-            return phase
+    if decision is None and enforcement is not None and enforcement.state in _IN_FORCE:
+        return TenantPhase.SUSPENDED  # not decided this cycle: the suspension stays
+    if decision is None and budget is not None and tenant.spec.budget is not None:
+        decision = decide(BudgetInputs(tenant.spec.budget, period, budget.used))
+    if decision is not None and decision.phase is not TenantPhase.ACTIVE:
+        return decision.phase
     if (wallet is not None and wallet.low) or not plan_found:
         return TenantPhase.WARNING
     return TenantPhase.ACTIVE
@@ -213,7 +215,14 @@ def _conditions(
         token_cond = c(cond.API_TOKEN_VALID, "False", "TokenRefused", token)
     else:
         token_cond = c(cond.API_TOKEN_VALID, "True", "TokenAccepted", "")
-    return [ready, plan, conflict, metering, currency_cond, close_cond, untrusted_cond, token_cond]
+    blocked_by = billing.get("enforcement", "")
+    enforcement_cond = (
+        c(cond.ENFORCEMENT_BLOCKED, "True", "ChangeFailed", blocked_by)
+        if blocked_by
+        else c(cond.ENFORCEMENT_BLOCKED, "False", "Enforcing", "")
+    )
+    return [ready, plan, conflict, metering, currency_cond, close_cond, untrusted_cond, token_cond,
+            enforcement_cond]  # fmt: skip
 
 
 def build_status(
@@ -234,6 +243,9 @@ def build_status(
     previous_final: bool = False,
     wallet_shortfall: Decimal = Decimal(0),
     billing_problems: Mapping[str, str] | None = None,
+    decision: Decision | None = None,
+    enforcement: EnforcementStatus | None = None,
+    notification: NotificationStatus | None = None,
 ) -> TenantStatus:
     """The Tenant's status for `period` as of `now`.
 
@@ -252,8 +264,14 @@ def build_status(
     - `previous_statement`, `previous_final`: the previous period's statement, running while
       it closes, final once it is (shown as `previousPeriod`).
     - `wallet_shortfall`: prepaid charges the balance could not cover.
-    - `billing_problems`: "currency" / "close" / "untrusted" / "token" -> why (the
-      CurrencyMismatch, PeriodCloseBlocked, UntrustedUsage and ApiTokenValid conditions).
+    - `billing_problems`: "currency" / "close" / "untrusted" / "token" / "enforcement" ->
+      why (the CurrencyMismatch, PeriodCloseBlocked, UntrustedUsage, ApiTokenValid and
+      EnforcementBlocked conditions).
+    - `decision`: this cycle's budget decision (`budget.decision`; it sets the phase), None
+      when the tenant was not decided (no statement): the phase then keeps a suspension in
+      force.
+    - `enforcement`, `notification`: the latest enforcement and webhook delivery (default:
+      keep `previous`').
     """
     if previous is None:
         previous = tenant.status
@@ -327,6 +345,8 @@ def build_status(
         status.suspended_workloads = list(suspended_workloads)
     elif previous is not None:
         status.suspended_workloads = list(previous.suspended_workloads)
+    status.enforcement = enforcement or (previous.enforcement if previous is not None else None)
+    status.notification = notification or (previous.notification if previous is not None else None)
 
     status.conditions = _conditions(
         tenant,
@@ -339,8 +359,9 @@ def build_status(
         previous=previous.conditions if previous is not None else None,
     )
     status.phase = _phase(
-        tenant, period, plan is not None, status.budget, status.wallet, status.suspended_workloads
-    )
+        tenant, period, plan is not None, decision, status.enforcement, status.budget,
+        status.wallet,
+    )  # fmt: skip
     generation = tenant.metadata.get("generation")
     status.observed_generation = generation if isinstance(generation, int) else None
     status.summary = summary(meters, total=status.total, currency=currency, budget=status.budget)

@@ -23,6 +23,9 @@ another node than they name): nothing of them is billed."""
 API_TOKEN_VALID = "ApiTokenValid"
 """The events API token the Tenant names is usable (strong, readable, not shared)."""
 
+ENFORCEMENT_BLOCKED = "EnforcementBlocked"
+"""Budget enforcement could not make every change it must this cycle (retried each cycle)."""
+
 CONDITION_TYPES = (
     READY,
     PRICE_PLAN_FOUND,
@@ -32,6 +35,7 @@ CONDITION_TYPES = (
     PERIOD_CLOSE_BLOCKED,
     UNTRUSTED_USAGE,
     API_TOKEN_VALID,
+    ENFORCEMENT_BLOCKED,
 )
 
 Status = Literal["True", "False", "Unknown"]

@@ -1,10 +1,12 @@
 """Notable changes between two Tenant statuses, as Kubernetes Events to post. Pure.
 
 `status_events(tenant, previous, new)` compares the status written last with the new one
-and returns what a human should hear about: budget thresholds crossed, metering degraded
-or recovered, a period closed (with its total), the price plan missing or found again, a
-namespace conflict raised or resolved, a prepaid wallet running low. The handler layer
-posts them (reason, message, type) on the Tenant.
+and returns what a human should hear about: metering degraded or recovered, the price plan
+missing or found again, a namespace conflict raised or resolved, a wallet shortfall, an
+untrusted series, a refused token. The handler layer posts them (reason, message, type) on
+the Tenant. Budget thresholds, the limit reached, wallet low/empty and enforcement are not
+diffs of a status: they are announced once each through the ledger's outbox
+(`status.notices`).
 """
 
 from __future__ import annotations
@@ -57,28 +59,6 @@ def status_events(
     """Events for what changed from `previous` to `new`, in a stable order. (PeriodClosed
     is not among them: the ledger decides when a period closes, see `period_closed`.)"""
     events: list[StatusEvent] = []
-    rolled_over = (
-        previous is not None and previous.period is not None and previous.period != new.period
-    )
-    if new.budget is not None:
-        crossed_before: set[int] = set()
-        if previous is not None and not rolled_over and previous.budget is not None:
-            crossed_before = set(previous.budget.thresholds_crossed)
-        for threshold in new.budget.thresholds_crossed:
-            if threshold in crossed_before:
-                continue
-            exhausted = threshold >= 100
-            events.append(
-                StatusEvent(
-                    "BudgetExhausted" if exhausted else "BudgetThresholdCrossed",
-                    f"tenant {tenant} reached {threshold}% of its budget for {new.period}: "
-                    f"spent {_money(new.budget.used, new.currency)} of "
-                    f"{_money(new.budget.limit, new.currency)} "
-                    f"({format_decimal(new.budget.used_percent)}%)",
-                    "Warning",
-                )
-            )
-
     change, message = _transition(previous, new, cond.METERING_DEGRADED, "True")
     if change == "bad":
         events.append(StatusEvent("MeteringDegraded", message, "Warning"))
@@ -133,15 +113,6 @@ def status_events(
             )
         )
 
-    was_low = previous is not None and previous.wallet is not None and previous.wallet.low
-    if new.wallet is not None and new.wallet.low and not was_low:
-        events.append(
-            StatusEvent(
-                "WalletEmpty" if new.wallet.balance <= 0 else "WalletLow",
-                f"tenant {tenant}: prepaid balance is {_money(new.wallet.balance, new.currency)}",
-                "Warning",
-            )
-        )
     return events
 
 

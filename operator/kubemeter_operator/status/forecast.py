@@ -22,25 +22,17 @@ Definitions (exact `Decimal`/`Fraction` arithmetic; money rounded half-up at the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
 from kubemeter_operator.api.tenant import Forecast
+from kubemeter_operator.budget.burn import TotalSample as TotalSample
 from kubemeter_operator.money import round_half_up
 from kubemeter_operator.usage.periods import Period
 
 RECENT_WINDOW = timedelta(hours=1)
 MIN_SPAN = timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class TotalSample:
-    """The running period total (after discount, platform fee included) at an instant."""
-
-    at: datetime
-    total: Decimal
 
 
 def _seconds(delta: timedelta) -> Fraction:

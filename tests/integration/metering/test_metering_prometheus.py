@@ -38,8 +38,8 @@ from kubemeter_operator.metering.cycle import CycleResult, MeteringConfig, Meter
 from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.pods import PodMeta, StaticPodDirectory
 from kubemeter_operator.metering.prometheus import PrometheusClient
-from kubemeter_operator.metering.tenancy import UNASSIGNED
 from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.tenancy import UNASSIGNED
 
 from support.prometheus import PrometheusServer, free_port
 

@@ -34,8 +34,8 @@ from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodMeta, PodRegistry
 from kubemeter_operator.metering.prometheus import last_value_query, selector
-from kubemeter_operator.metering.tenancy import UNASSIGNED
 from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.tenancy import UNASSIGNED
 
 
 @pytest.fixture

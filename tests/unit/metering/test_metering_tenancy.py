@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubemeter_operator.api.tenant import Tenant
-from kubemeter_operator.metering.tenancy import UNASSIGNED, NamespaceConflict, TenancyMap
+from kubemeter_operator.usage.tenancy import UNASSIGNED, NamespaceConflict, TenancyMap
 
 
 def tenant(name: str, namespaces: list[str], created: str | None = None, **spec: Any) -> Tenant:

@@ -32,8 +32,8 @@ from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.metering.cycle import CycleResult, MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.exporters import ExporterDirectory, ExporterPod
 from kubemeter_operator.metering.metrics import MeteringMetrics
-from kubemeter_operator.metering.tenancy import UNASSIGNED
 from kubemeter_operator.usage.periods import Period
+from kubemeter_operator.usage.tenancy import UNASSIGNED
 
 JOB = "kubemeter-exporter"
 BOUNDED = MeteringConfig(

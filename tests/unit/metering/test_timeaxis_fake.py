@@ -24,7 +24,7 @@ from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle, Pro
 from kubemeter_operator.metering.metrics import MeteringMetrics
 from kubemeter_operator.metering.pods import PodMeta, StaticPodDirectory
 from kubemeter_operator.metering.prometheus import last_value_query
-from kubemeter_operator.metering.tenancy import UNASSIGNED
+from kubemeter_operator.usage.tenancy import UNASSIGNED
 
 from support.timeaxis import (
     ACTIVE,

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from kubemeter_operator.api.priceplan import PricePlanSpec
-from kubemeter_operator.api.tenant import SuspendedWorkload, Tenant, TenantPhase, TenantStatus
+from kubemeter_operator.api.tenant import (
+    EnforcementState,
+    EnforcementStatus,
+    SuspendedWorkload,
+    Tenant,
+    TenantPhase,
+    TenantStatus,
+)
+from kubemeter_operator.budget.decision import BudgetInputs, decide
 from kubemeter_operator.budget.policy import warning_percent
 from kubemeter_operator.rating import rate
 from kubemeter_operator.rating.statement import Statement
@@ -124,6 +132,7 @@ def test_money_fields_meters_and_summary() -> None:
         "PeriodCloseBlocked": "False",
         "UntrustedUsage": "False",
         "ApiTokenValid": "Unknown",  # the tenant names no token Secret
+        "EnforcementBlocked": "False",
     }
     assert all(c.last_transition_time == MID for c in status.conditions)
     # round-trips through the API model (what the API server stores)
@@ -263,20 +272,32 @@ def test_phase(limit: str, enforcement: str, phase: TenantPhase) -> None:
     assert status.phase is phase
 
 
-def test_suspended_workloads_are_kept_and_make_the_phase_suspended() -> None:
+def test_suspended_workloads_and_enforcement_are_kept_and_keep_the_phase_suspended() -> None:
     tenant = make_tenant()
     workload = SuspendedWorkload(kind="Deployment", namespace="acme", name="vllm", replicas=2)
+    held = EnforcementStatus(
+        state=EnforcementState.SUSPENDED, trigger="budgetExceeded", reason="spent",
+        period="2026-11", started_at=MID,
+    )  # fmt: skip
+    suspended = decide(BudgetInputs(None, PERIOD, Decimal(0)))  # no budget: never suspends
     first = build_status(
-        tenant, PLAN, statement(), now=MID, period=PERIOD, suspended_workloads=[workload]
-    )
+        tenant, PLAN, statement(), now=MID, period=PERIOD, suspended_workloads=[workload],
+        enforcement=held,
+    )  # fmt: skip
+    # not decided this cycle (no decision passed): a suspension in force stays Suspended
     assert first.phase is TenantPhase.SUSPENDED
     again = build_status(tenant, PLAN, statement(), now=MID, period=PERIOD, previous=first)
     assert again.suspended_workloads == [workload]
+    assert again.enforcement == held
     assert again.phase is TenantPhase.SUSPENDED
+    # decided: the decision sets the phase
     restored = build_status(
-        tenant, PLAN, statement(), now=MID, period=PERIOD, previous=first, suspended_workloads=[]
-    )
+        tenant, PLAN, statement(), now=MID, period=PERIOD, previous=first, suspended_workloads=[],
+        decision=suspended,
+        enforcement=held.model_copy(update={"state": EnforcementState.RESTORED}),
+    )  # fmt: skip
     assert restored.phase is TenantPhase.ACTIVE
+    assert restored.suspended_workloads == []
 
 
 # -- forecast ----------------------------------------------------------------------------

@@ -110,19 +110,14 @@ def reasons(events: list[Any]) -> list[str]:
     return [e.reason for e in events]
 
 
-def test_thresholds_crossed_once() -> None:
+def test_budget_thresholds_are_not_status_diff_events() -> None:
+    # thresholds and the limit are announced once each through the ledger's outbox
+    # (status.notices, controller.budgets), never from a status diff that a restart repeats
     s1 = status_at(40)
     s2 = status_at(85, previous=s1)
-    s3 = status_at(90, previous=s2)
-    s4 = status_at(100, previous=s3)
-    assert reasons(status_events("acme", None, s1)) == []
-    events = status_events("acme", s1, s2)
-    assert reasons(events) == ["BudgetThresholdCrossed", "BudgetThresholdCrossed"]
-    assert all(e.type == "Warning" for e in events)
-    assert "reached 80% of its budget" in events[1].message
-    assert "85.00 EUR of 100 EUR" in events[1].message
-    assert status_events("acme", s2, s3) == []
-    assert reasons(status_events("acme", s3, s4)) == ["BudgetExhausted"]
+    s4 = status_at(100, previous=s2)
+    assert status_events("acme", s1, s2) == []
+    assert status_events("acme", s2, s4) == []
 
 
 def test_metering_degraded_and_recovered() -> None:
@@ -138,7 +133,7 @@ def test_metering_degraded_and_recovered() -> None:
     assert recovered[0].type == "Normal"
 
 
-def test_period_rollover_resets_thresholds_and_does_not_claim_a_close() -> None:
+def test_period_rollover_does_not_claim_a_close() -> None:
     november = status_at(90)
     december = status_at(
         60, now=datetime(2026, 12, 1, 0, 5, tzinfo=UTC), period=PERIOD.next(), previous=november
@@ -146,7 +141,7 @@ def test_period_rollover_resets_thresholds_and_does_not_claim_a_close() -> None:
     # a new period in status says nothing about the old one being final: the ledger decides
     # that, and the controller posts PeriodClosed when it has stored the invoice
     events = status_events("acme", november, december)
-    assert reasons(events) == ["BudgetThresholdCrossed"]
+    assert "PeriodClosed" not in reasons(events)
 
 
 def test_period_closed_event_names_the_total_and_the_invoice_command() -> None:
