@@ -2,10 +2,17 @@
 """kubemeter's main job, end to end, on this machine (`make demo`).
 
 Starts the dev cluster (real kube-apiserver + kwok GPU nodes), installs the CRDs and the
-example PricePlans and Tenants, runs GPU pods, simulates their GPUs with the exporter
-(`--speed 60`: a scenario minute per second, so spend moves), has a real Prometheus scrape
-it, runs the operator, posts token events over the events API, and prints
-`kubectl get tenants` while spend rises. Ends with `kubectl describe tenant acme` and
+example PricePlans and Tenants, runs GPU pods and acme's GPU Deployment, simulates their
+GPUs (the exporter for the bare pods, hack/live_gpus.py for the Deployment's pods, both at
+`--speed 60`: a scenario minute per second, so spend moves), has a real Prometheus scrape
+them, runs the operator (with its admission webhook), posts token events over the events
+API, and prints `kubectl get tenants` while spend rises.
+
+Then a budget stops the burn: acme's budget is small with `scaleDown`; its 80 % and 100 %
+Events appear, its GPU Deployment goes to 0 (its non-GPU one stays), `kubectl get tenants`
+says Suspended, the allowance endpoint answers 402 (so the demo's "gateway" stops sending
+acme tokens), and a new GPU pod is denied by admission. The demo raises the limit and the
+Deployment comes back to its 4 replicas. Ends with `kubectl describe tenant acme` and
 `kubemeter invoice acme`. Everything it starts is stopped at the end (or left running with
 --keep; stop it later with `make demo-down`).
 """
@@ -27,6 +34,7 @@ import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from loader import devcluster, prometheus
 
@@ -39,12 +47,66 @@ EXAMPLES = [
     "tenant-acme.yaml",
     "tenant-globex.yaml",
 ]
-PODS = [
-    ("acme-prod", "trainer-0", 2, {"billing.kubemeter.dev/tenant": "acme"}),
+PODS = [  # bare pods, their GPUs simulated by the exporter (examples/scenarios/demo-cluster.yaml)
     ("acme-prod", "embedder-0", 1, {"billing.kubemeter.dev/tenant": "acme"}),
-    ("acme-dev", "notebook-0", 1, {"billing.kubemeter.dev/tenant": "acme"}),
     ("research", "sweep-0", 1, {}),
 ]
+ACME = {"billing.kubemeter.dev/tenant": "acme"}
+TRAINER_REPLICAS = 4
+ACME_LIMIT, RAISED_LIMIT = "120", "100000"  # USD: the platform fee alone is 89.10
+WEBHOOK = "kubemeter-admission"
+
+
+def deployment(name: str, replicas: int, resources: dict[str, str]) -> dict[str, Any]:
+    labels = {**ACME, "app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "acme-prod"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeName": "gpu-node-0",
+                    "containers": [{"name": "main", "image": "registry.example/train:1",
+                                    "resources": {"limits": resources}}],
+                },
+            },
+        },
+    }  # fmt: skip
+
+
+def webhook_configuration(port: int) -> dict[str, Any]:
+    """The chart's webhook (templates/admission-webhook.yaml), pointed at the local operator;
+    the operator fills in its caBundle."""
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK},
+        "webhooks": [{
+            "name": "gpu.admission.kubemeter.dev",
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/validate"},
+            "rules": [
+                {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                 "resources": ["pods"], "scope": "Namespaced"},
+                {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["deployments", "statefulsets", "deployments/scale",
+                               "statefulsets/scale"], "scope": "Namespaced"},
+                {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                 "resources": ["jobs", "cronjobs"], "scope": "Namespaced"},
+            ],
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubemeter.dev/tenant", "operator": "Exists"}]},
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 5,
+        }],
+    }  # fmt: skip
+
+
 LLAMA = "meta-llama/Llama-3.1-8B-Instruct"
 
 
@@ -61,6 +123,7 @@ class Demo:
         self.db = f"sqlite:///{state / 'ledger.db'}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.tokens = {"acme": secrets.token_urlsafe(32), "globex": secrets.token_urlsafe(32)}
+        self.denied = False
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         res = subprocess.run(
@@ -134,6 +197,16 @@ class Demo:
             self.kubectl("apply", "-f", "-", stdin=json.dumps(pod))
         for ns, name, _, _ in PODS:
             self.kubectl("-n", ns, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
+        say(f"acme: a GPU Deployment (trainer, {TRAINER_REPLICAS} x 1 H100) and a web one (no GPU)")
+        for body in (deployment("trainer", TRAINER_REPLICAS, {"nvidia.com/gpu": "1"}),
+                     deployment("web", 1, {"cpu": "100m"})):  # fmt: skip
+            self.kubectl("apply", "-f", "-", stdin=json.dumps(body))
+        self.kubectl("-n", "acme-prod", "rollout", "status", "deployment/trainer", "--timeout=60s")
+        say(f"acme gets a small budget: {ACME_LIMIT} USD a month, scaleDown at 100 %")
+        budget = {"spec": {"budget": {"limit": ACME_LIMIT, "alertThresholds": [50, 80, 100],
+                                      "enforcement": "scaleDown"}}}  # fmt: skip
+        print(self.kubectl("patch", "tenant", "acme", "--type", "merge", "-p",
+                           json.dumps(budget)).strip())  # fmt: skip
         print(
             self.kubectl(
                 "get", "pods", "-A", "-o", "wide", "--field-selector", "spec.nodeName=gpu-node-0"
@@ -142,6 +215,7 @@ class Demo:
 
     def run_components(self) -> tuple[str, str]:
         exporter_port, events_port = prometheus.free_port(), prometheus.free_port()
+        live_port, admission_port = prometheus.free_port(), prometheus.free_port()
         say(f"exporter: simulated GPUs at {self.speed}x (curl 127.0.0.1:{exporter_port}/metrics)")
         self.spawn(
             "exporter",
@@ -161,8 +235,14 @@ class Demo:
                 f"127.0.0.1:{exporter_port}",
             ],
         )
+        self.spawn(
+            "live-gpus",
+            [sys.executable, str(ROOT / "hack" / "live_gpus.py"), "--kubeconfig",
+             self.kubeconfig, "--namespaces", "acme-prod", "--port", str(live_port),
+             "--speed", str(self.speed)],
+        )  # fmt: skip
         prom = prometheus.PrometheusServer(
-            [f"127.0.0.1:{exporter_port}"],
+            [f"127.0.0.1:{exporter_port}", f"127.0.0.1:{live_port}"],
             data_dir=self.state / "prometheus",
             scrape_interval="2s",
         )
@@ -196,8 +276,18 @@ class Demo:
                 # counters, within the physics bounds
                 "--simulation-speed",
                 str(self.speed),
+                # the admission webhook, on this machine (the chart serves it in-cluster)
+                "--admission-listen",
+                f"127.0.0.1:{admission_port}",
+                "--admission-webhook-name",
+                WEBHOOK,
+                "--admission-cert-secret",
+                "kubemeter-system/kubemeter-admission-cert",
+                "--admission-hosts",
+                "127.0.0.1",
             ],
         )
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(webhook_configuration(admission_port)))
         self.topup()
         return prom.url, f"http://127.0.0.1:{events_port}"
 
@@ -260,12 +350,37 @@ class Demo:
                 time.sleep(0.5)
         raise SystemExit(f"the operator did not start; see {self.state / 'operator.log'}")
 
+    def allowance(self, events: str, tenant: str) -> tuple[int, dict[str, Any]]:
+        """What an AI gateway asks before it lets a request through (README, "Allowance
+        for AI gateways"): 200, or 402 once the budget is spent."""
+        req = urllib.request.Request(
+            f"{events}/v1/tenants/{tenant}/allowance",
+            headers={"Authorization": f"Bearer {self.tokens[tenant]}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except (urllib.error.URLError, OSError) as exc:
+            return 0, {"error": str(exc)}
+
+    def tenant(self, name: str) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self.kubectl("get", "tenant", name, "-o", "json"))
+        return body
+
     def watch(self, events: str, duration: float) -> None:
+        """Spend rises; the "gateway" sends acme tokens only while its allowance says 200.
+        Watches at least `duration` seconds, and until acme's GPU work is stopped."""
         self.wait_ready(events)
         say("watching spend rise: kubectl get tenants")
-        end, batch = time.monotonic() + duration, 0
-        while time.monotonic() < end:
+        start, batch = time.monotonic(), 0
+        while time.monotonic() < start + max(duration, 600):
             for tenant in ("acme", "globex"):
+                code, _ = self.allowance(events, tenant)
+                if code == 402:
+                    print(f"GET /v1/tenants/{tenant}/allowance: 402 (the gateway holds them)")
+                    continue
                 print(
                     f"POST /v1/events ({tenant}, 20 events): "
                     f"{self.post_tokens(events, tenant, batch)}"
@@ -274,6 +389,53 @@ class Demo:
             time.sleep(10)
             print(datetime.now(UTC).strftime("%H:%M:%S"))
             print(self.kubectl("get", "tenants", "-o", "wide"))
+            state = (self.tenant("acme").get("status", {}).get("enforcement") or {}).get("state")
+            if state == "Suspended" and time.monotonic() >= start + duration:
+                return
+        raise SystemExit(f"demo: acme was never suspended; see {self.state / 'operator.log'}")
+
+    def enforcement(self, events: str) -> None:
+        say("acme's budget is spent: its GPU Deployment is at 0, the web one untouched")
+        print(self.kubectl("get", "deployments", "-n", "acme-prod"))
+        print(self.kubectl("get", "events", "-n", "default", "--field-selector",
+                           "involvedObject.name=acme", "--sort-by=.lastTimestamp",
+                           "-o", "custom-columns=REASON:.reason,MESSAGE:.message"))  # fmt: skip
+        status = self.tenant("acme")["status"]
+        shown = {k: status.get(k) for k in ("phase", "enforcement", "suspendedWorkloads")}
+        print(json.dumps(shown, indent=2))
+        code, body = self.allowance(events, "acme")
+        say(f"an AI gateway asks GET /v1/tenants/acme/allowance: {code}")
+        print(json.dumps(body, indent=2))
+        say("a new GPU pod in acme-prod is denied by the admission webhook")
+        pod = deployment("extra", 1, {"nvidia.com/gpu": "1"})["spec"]["template"]
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "extra-0", "namespace": "acme-prod",
+                            "labels": pod["metadata"]["labels"]},
+               "spec": pod["spec"]}  # fmt: skip
+        # as one of acme's developers: the operator runs with this kubeconfig's admin user,
+        # and the webhook lets the operator's own requests through (it restores workloads)
+        as_user = ["--as=acme-developer", "--as-group=system:masters"]
+        res = subprocess.run(
+            [self.kubectl_bin, "--kubeconfig", self.kubeconfig, *as_user, "apply", "-f", "-"],
+            input=json.dumps(pod), capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        print(f"$ kubectl --as=acme-developer apply -f gpu-pod.yaml\n{res.stdout}{res.stderr}")
+        self.denied = res.returncode != 0 and "denied the request" in res.stderr
+        say(f"the limit is raised to {RAISED_LIMIT} USD: the Deployment comes back")
+        patch = {"spec": {"budget": {"limit": RAISED_LIMIT}}}
+        print(self.kubectl("patch", "tenant", "acme", "--type", "merge", "-p",
+                           json.dumps(patch)).strip())  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(5)
+            spec = json.loads(self.kubectl("get", "deployment", "trainer", "-n", "acme-prod",
+                                           "-o", "json"))["spec"]  # fmt: skip
+            if spec["replicas"] == TRAINER_REPLICAS:
+                break
+        print(self.kubectl("-n", "acme-prod", "rollout", "status", "deployment/trainer",
+                           "--timeout=60s", check=False))  # fmt: skip
+        print(self.kubectl("get", "deployments", "-n", "acme-prod"))
+        print(self.kubectl("get", "tenants", "-o", "wide"))
 
     def report(self) -> None:
         say("kubectl describe tenant acme")
@@ -307,8 +469,9 @@ class Demo:
         print(res.stdout or res.stderr)
 
     def check(self) -> None:
-        """Fail the demo when it showed nothing: no GPU time metered for acme, or deltas
-        held back (a speed the metering bounds were not told about)."""
+        """Fail the demo when it showed nothing: no GPU time metered for acme, deltas held
+        back (a speed the metering bounds were not told about), no suspension and restore,
+        or no admission denial."""
         from kubemeter_operator.ledger import Ledger
         from kubemeter_operator.usage import Period
 
@@ -317,13 +480,26 @@ class Demo:
             held = ledger.quarantined()
             gpu_ms = sum(q.allocated_ms for key, q in ledger.period_totals("acme", period).items()
                          if key.kind == "gpu")  # fmt: skip
+            suspension = ledger.latest_suspensions().get("acme")
+        replicas = json.loads(self.kubectl("get", "deployment", "trainer", "-n", "acme-prod",
+                                           "-o", "json"))["spec"]["replicas"]  # fmt: skip
+        problems = []
         if held or not gpu_ms:
-            raise SystemExit(
-                f"demo: {gpu_ms} GPU ms metered for acme, {len(held)} deltas quarantined "
-                f"(see {self.state / 'operator.log'})"
-            )
+            problems.append(f"{gpu_ms} GPU ms metered for acme, {len(held)} deltas quarantined")
+        if suspension is None or suspension.state != "restored":
+            problems.append(f"acme's suspension: {suspension}")
+        if replicas != TRAINER_REPLICAS:
+            problems.append(f"trainer has {replicas} replicas, not {TRAINER_REPLICAS}")
+        if not self.denied:
+            problems.append("the new GPU pod was not denied")
+        if problems:
+            raise SystemExit(f"demo: {'; '.join(problems)} (see {self.state / 'operator.log'})")
+        assert suspension is not None
         hours = Decimal(gpu_ms) / 3_600_000
-        say(f"checked: {hours:.2f} GPU-hours metered for acme, none quarantined")
+        say(
+            f"checked: {hours:.2f} GPU-hours metered for acme, none quarantined; suspended "
+            f"with an overshoot of {suspension.overshoot} USD, restored to {replicas} replicas"
+        )
 
     def stop(self) -> None:
         for name, proc in reversed(list(self.procs.items())):
@@ -366,6 +542,7 @@ def main() -> int:
         demo.install()
         _prom, events = demo.run_components()
         demo.watch(events, args.duration)
+        demo.enforcement(events)
         demo.report()
         demo.check()
     finally:

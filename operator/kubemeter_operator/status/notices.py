@@ -149,6 +149,13 @@ def wallet_announcements(
     return []
 
 
+_BECAUSE = {
+    "budgetExceeded": "its budget is spent",
+    "walletEmpty": "its prepaid wallet is empty",
+    "budgetForecast": "its budget would run out within budget.stopBefore",
+}
+
+
 def workloads_suspended(
     tenant: str,
     suspension_id: str,
@@ -165,14 +172,16 @@ def workloads_suspended(
     spent, data = _amounts(total, budget, currency)
     more = f" and {len(stopped) - 10} more" if len(stopped) > 10 else ""
     shown = ", ".join(stopped[:10]) + more
+    because = _BECAUSE.get(trigger, trigger)
     return Announcement(
         f"suspension/{suspension_id}/suspended",
         "WorkloadsSuspended",
-        f"tenant {tenant}: {len(stopped)} GPU workload(s) stopped because {reason} "
+        f"tenant {tenant}: {len(stopped)} GPU workload(s) stopped because {because} "
         f"({spent}; overshoot {_money(overshoot, currency)}): {shown or 'none were running'}",
         {
             **data,
             "trigger": trigger,
+            "reason": reason,
             "overshoot": format_decimal(overshoot),
             "workloads": list(stopped[:200]),
             "suspension": suspension_id,
