@@ -131,8 +131,12 @@ class BudgetStep:
         enforcer: Enforcer | None,
         writer: StatusPatcher,
         samples: Callable[[str], Sequence[TotalSample]],
+        *,
+        concurrency: int = 8,
     ) -> None:
         self.ledger = ledger
+        self.concurrency = concurrency
+        """Tenants decided and enforced at once."""
         self.enforcer = enforcer
         """None: enforcement is off in this process (decisions and notices still run)."""
         self.writer = writer
@@ -159,19 +163,25 @@ class BudgetStep:
             log.warning("budget step skipped this cycle: %s", exc)
             return {}
         out: dict[str, BudgetOutcome] = {}
-        for name, tenant in sorted(tenants.items()):
-            if not leading():
-                break
-            bill = billing.tenants.get(name)
-            try:
-                out[name] = await self._one(
-                    tenant, bill, now, metered_until, tenancy, active.get(name), latest.get(name)
-                )
-            except KubemeterError as exc:
-                log.warning("tenant %s: budget step failed this cycle: %s", name, exc)
-                out[name] = BudgetOutcome(problems=[str(exc)])
-            except Exception:  # one tenant's bug must not stop the others
-                log.exception("tenant %s: budget step failed", name)
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(name: str, tenant: Tenant) -> None:
+            async with limit:
+                if not leading():
+                    return
+                bill = billing.tenants.get(name)
+                try:
+                    out[name] = await self._one(tenant, bill, now, metered_until, tenancy,
+                                                active.get(name), latest.get(name))  # fmt: skip
+                except KubemeterError as exc:
+                    log.warning("tenant %s: budget step failed this cycle: %s", name, exc)
+                    out[name] = BudgetOutcome(problems=[str(exc)])
+                except Exception:  # one tenant's bug must not stop the others
+                    log.exception("tenant %s: budget step failed", name)
+
+        # tenants at once (their Kubernetes calls share the enforcer's bound): 20 tenants
+        # crossing in one cycle are stopped in about the time of one
+        await asyncio.gather(*(one(n, t) for n, t in sorted(tenants.items())))
         return out
 
     async def _one(

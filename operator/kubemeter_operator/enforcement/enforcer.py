@@ -19,7 +19,8 @@ when something fights. Acts on a `budget.decision.Decision`; never decides.
    `stopped`.
 5. When every recorded workload is stopped and has no pods left, the suspension becomes
    `suspended`, with the overshoot, and the `WorkloadsSuspended` notice in the same
-   transaction. The overshoot is updated while metering has not yet covered the stop.
+   transaction. The overshoot follows the total up to the first cycle whose total covers
+   the stop (metering trails by its lag), then it is final.
 
 **Restore** (decision `restore`): the suspension becomes `restoring`; each recorded
 workload goes back to its recorded replicas / suspend state (KEDA annotation removed) and
@@ -119,10 +120,20 @@ class Enforcer:
         self.api = api
         self.gpu = gpu
         self.keda = keda
-        self._limit = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self._limits: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self._covered: dict[str, datetime] = {}
+        """suspension id -> how far metering had covered when its overshoot was last set
+        (a restarted operator sets it once more: a later total can only add the spend
+        metered meanwhile)."""
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
-        async with self._limit:
+        """A blocking API call in a thread, at most `concurrency` at once (per event loop:
+        a semaphore belongs to the loop it first waited on)."""
+        loop = asyncio.get_running_loop()
+        if self._limits is None or self._limits[0] is not loop:
+            self._limits = (loop, asyncio.Semaphore(self.concurrency))
+        async with self._limits[1]:
             return await asyncio.to_thread(fn, *args)
 
     async def apply(
@@ -187,9 +198,14 @@ class Enforcer:
                 notices=[to_notice(tenant.name, note, webhook=ctx.webhook)],
             )  # fmt: skip
         elif current.state == wal.SUSPENDED and current.stopped_at is not None:
-            covered = ctx.metered_until is not None and ctx.metered_until > current.stopped_at
-            if not covered and overshoot != current.overshoot:  # metering catches up
-                await asyncio.to_thread(self.ledger.set_overshoot, current.id, overshoot)
+            # metering catches up with the stop: the overshoot follows the total up to and
+            # including the first cycle whose total covers the stop, then it is final
+            seen = self._covered.get(current.id)
+            if seen is None or seen <= current.stopped_at:
+                if overshoot != current.overshoot:
+                    await asyncio.to_thread(self.ledger.set_overshoot, current.id, overshoot)
+                if ctx.metered_until is not None:
+                    self._covered[current.id] = ctx.metered_until
         result.suspension = await asyncio.to_thread(self.ledger.suspension, active.id)
         result.workloads = await asyncio.to_thread(self.ledger.suspension_workloads, active.id)
         return result

@@ -49,9 +49,11 @@ def test_operator_rbac_is_least_privilege() -> None:
         if {"patch", "update", "create"} & set(rule["verbs"])
         for res in rule["resources"]
     }
+    # enforcement: the scale subresource (never the Deployment itself), spec.suspend of
+    # jobs and cronjobs, KEDA's pause annotation (keda: auto by default)
     assert writable == {
         "priceplans/status", "tenants/status", "events", "deployments/scale",
-        "statefulsets/scale", "jobs",
+        "statefulsets/scale", "jobs", "cronjobs", "scaledobjects",
     }  # fmt: skip
     # the leader-election Lease: its own, by name (create cannot be restricted by name)
     leader = roles["km-leader"]

@@ -21,7 +21,11 @@ def render(*sets: str) -> list[dict[str, Any]]:
 
 
 def network_policy(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    found = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    """The operator's policy (the events API and metrics ports); the admission webhook's
+    port has a policy of its own (km-admission, tests/integration/chart)."""
+    found = [
+        d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "km-operator"
+    ]
     assert len(found) <= 1
     return found[0] if found else None
 
