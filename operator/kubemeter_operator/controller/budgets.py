@@ -142,9 +142,12 @@ class BudgetStep:
         self.writer = writer
         self.samples = samples
         self._recorded: set[tuple[str, str]] = set()
+        self._restored: dict[str, list[WorkloadRow]] = {}
+        """Workload rows of restored suspensions (final), read once, not every cycle."""
 
     def reset(self) -> None:
         self._recorded.clear()
+        self._restored.clear()
 
     async def run(
         self,
@@ -197,7 +200,11 @@ class BudgetStep:
         name = tenant.name
         outcome = BudgetOutcome()
         if latest is not None:
-            rows = await asyncio.to_thread(self.ledger.suspension_workloads, latest.id)
+            rows = self._restored.get(latest.id)
+            if rows is None:
+                rows = await asyncio.to_thread(self.ledger.suspension_workloads, latest.id)
+                if not latest.active:  # a restored suspension never changes again
+                    self._restored[latest.id] = rows
             outcome.enforcement = enforcement_status(latest, rows)
             outcome.suspended_workloads = suspended_workloads(latest, rows)
         if bill is None or bill.statement is None:
