@@ -513,6 +513,11 @@ class Ledger:
         with self._write_tx("dead-letter webhook") as conn:
             return outbox.dead_letter(conn, event_id, now, error)
 
+    def prune_notices(self, before: Period) -> int:
+        """Delete the finished notices of periods before `before` (`outbox.prune`)."""
+        with self._write_tx("prune notices") as conn:
+            return outbox.prune(conn, str(before))
+
     def delivery_summaries(self) -> dict[str, DeliverySummary]:
         """Per tenant: the latest attempted webhook delivery and the dead-letter count."""
         return self._read("delivery summaries", outbox.delivery_summaries)

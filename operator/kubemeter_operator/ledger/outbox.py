@@ -5,6 +5,7 @@
     due_webhooks(conn, now)                # webhook deliveries to attempt now, oldest first
     record_attempt(conn, id, now, delivered=False, error="HTTP 500", next_attempt_at=later)
     delivery_summaries(conn)               # per tenant: the latest delivery, dead letters
+    prune(conn, "2026-09")                 # finished notices of periods before 2026-09
 
 What is written, and why a crash at any line is safe:
 
@@ -24,6 +25,11 @@ What is written, and why a crash at any line is safe:
   compare-and-set on `webhook_state = 'pending'` (and, for a failure, on the attempt count
   the attempt started from): a delivered or dead row never goes back to pending, and two
   operators racing on one row count one failed attempt, not two.
+- Retention: `prune` deletes the notices of periods before a given one once they are
+  finished (Event posted, webhook delivered, dead or never wanted). Every notice key starts
+  with its period and only the current period's (and a suspension's, restored by the next
+  period at the latest) are ever recorded again, so a pruned row can never fire twice. An
+  unfinished row is kept whatever its age.
 
 This module is a store: it decides nothing about what to announce (the controller does),
 prices nothing and sends nothing (notifications does).
@@ -38,7 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, and_, delete, func, select, update
 
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger.codec import canonical_json, digest
@@ -345,6 +351,23 @@ _OUTCOME: dict[str, DeliveryOutcome] = {
 }
 
 
+def prune(conn: Connection, before_period: str) -> int:
+    """Delete the finished notices of periods before `before_period` (`YYYY-MM`); returns
+    how many. A pending Event or webhook delivery is kept, whatever its period."""
+    if not _PERIOD_RE.match(before_period):
+        raise InputError("before_period", f"{before_period!r} is not YYYY-MM")
+    c = notification.c
+    gone = conn.execute(
+        delete(notification).where(
+            c.period.is_not(None),
+            c.period < before_period,
+            c.event_state == EVENT_POSTED,
+            c.webhook_state != WEBHOOK_PENDING,
+        )
+    )
+    return int(gone.rowcount or 0)
+
+
 def delivery_summaries(conn: Connection) -> dict[str, DeliverySummary]:
     """Per tenant with any attempted delivery: the row attempted last (ties: the larger id)
     and the number of its dead-lettered rows."""
@@ -407,6 +430,7 @@ __all__ = [
     "mark_events_posted",
     "notice_id",
     "pending_events",
+    "prune",
     "record",
     "record_attempt",
     "rows",

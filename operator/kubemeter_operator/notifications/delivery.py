@@ -26,7 +26,11 @@ carries on where the last one stopped. One pass (`run_once`):
    Tenants are served concurrently (at most `concurrency` at once); one tenant's deliveries
    run in order, and its first failure ends its turn in this pass, so a receiver that is
    down or hangs costs one timeout per pass and never delays other tenants' receivers.
-3. The delivery summaries (per tenant: the latest delivery and the dead letters) are read
+3. Retention, on the first pass of each period (and of each start): the finished notices
+   (Event posted, webhook delivered, dead or unwanted) of periods older than
+   `retention_periods` (default 3: this period and the two before) are deleted
+   (`ledger.outbox.prune`); dead letters count in the metrics until then.
+4. The delivery summaries (per tenant: the latest delivery and the dead letters) are read
    back from the ledger, set on the metrics and returned, for status.notification.
 
 Every attempt is recorded after it is made, compare-and-set (`ledger.outbox`): a crash
@@ -55,6 +59,7 @@ from kubemeter_operator.kube.secrets import SecretReader, secret_value
 from kubemeter_operator.ledger import DeliverySummary, Ledger, OutboxRow
 from kubemeter_operator.notifications import cloudevents, signing
 from kubemeter_operator.notifications.metrics import AttemptOutcome, NotificationMetrics
+from kubemeter_operator.usage import Period
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,8 @@ class PassReport:
     delivered: int = 0
     failed: int = 0
     dead: int = 0
+    pruned: int = 0
+    """Finished notices of old periods deleted (retention), on the first pass of a period."""
     summaries: dict[str, DeliverySummary] = field(default_factory=dict)
 
 
@@ -144,9 +151,14 @@ class Notifier:
         concurrency: int = 16,
         event_batch: int = 500,
         webhook_batch: int = 200,
+        retention_periods: int = 3,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if retention_periods < 2:
+            # the previous period's notices are still read (a suspension restored by the
+            # new period announces under its own period)
+            raise ValueError("retention_periods must be at least 2")
         self.ledger = ledger
         self.poster = poster
         self.read_secret = read_secret
@@ -155,6 +167,8 @@ class Notifier:
         self.concurrency = concurrency
         self.event_batch = event_batch
         self.webhook_batch = webhook_batch
+        self.retention_periods = retention_periods
+        self._pruned_before: str | None = None
 
     async def run_once(self, now: datetime, tenants: Mapping[str, Tenant]) -> PassReport:
         """One pass: post pending Events, attempt due webhooks, read the summaries back.
@@ -164,10 +178,22 @@ class Notifier:
         report = PassReport()
         await self._post_events(tenants, report)
         await self._deliver_webhooks(now, tenants, report)
+        await self._prune(now, report)
         report.summaries = await asyncio.to_thread(self.ledger.delivery_summaries)
         if self.metrics is not None:
             self.metrics.observe(report.summaries)
         return report
+
+    async def _prune(self, now: datetime, report: PassReport) -> None:
+        """Once per period (and once per start): delete the finished notices older than
+        `retention_periods` periods, the current one included."""
+        before = Period.of(now)
+        for _ in range(self.retention_periods - 1):
+            before = before.previous()
+        if str(before) == self._pruned_before:
+            return
+        report.pruned = await asyncio.to_thread(self.ledger.prune_notices, before)
+        self._pruned_before = str(before)
 
     # -- Kubernetes Events ---------------------------------------------------------------
 

@@ -36,8 +36,8 @@ from kubemeter_operator.events_api import (
     kubernetes_secret_reader,
     server_ssl_context,
 )
-from kubemeter_operator.events_api.tls import load_cert_chain
 from kubemeter_operator.ledger import Ledger
+from kubemeter_operator.tls import load_cert_chain
 from kubemeter_operator.usage.periods import Period
 
 from support.cluster import KubeCluster

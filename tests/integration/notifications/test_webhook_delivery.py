@@ -406,3 +406,55 @@ def test_a_secret_the_api_server_cannot_give_fails_the_attempt_and_is_read_again
     assert receiver.requests("umbrella") == []
     harness.secrets.put("umbrella-webhook", SECRET)
     assert harness.at(5).delivered == 1
+
+
+def notice_of(tenant_name: str, period: str, *, webhook: bool = False) -> Notice:
+    return Notice(
+        tenant_name, f"{period}/exceeded", "BudgetExceeded",
+        f"tenant {tenant_name} spent its budget for {period}",
+        {"spent": Decimal(12), "limit": Decimal(10), "currency": "USD"},
+        period=period, webhook=webhook,
+    )  # fmt: skip
+
+
+def test_finished_notices_of_old_periods_are_pruned_once_per_period_unfinished_ones_kept(
+    harness: Harness, receiver: Receiver
+) -> None:
+    """Retention: this period and the two before stay; older rows go once they are
+    finished; a delivery still retrying is kept whatever its age; the retention runs on
+    the first pass of a period, not every pass."""
+    harness.tenants["acme"] = tenant("acme", receiver.endpoint("acme", "fail"))
+    periods = ["2026-07", "2026-08", "2026-09", "2026-10", "2026-11"]
+    done = [notice_of("acme", p) for p in periods]  # Events only: finished once posted
+    retrying = notice_of("initech", "2026-07", webhook=True)
+    harness.tenants["initech"] = tenant("initech", receiver.endpoint("initech", "fail"))
+    harness.ledger.record_notices([*done, retrying])
+
+    first = harness.at(0)  # T0 is in 2026-11: keeps 2026-09 and later
+    assert first.events_posted == 6
+    assert first.pruned == 2  # acme's 2026-07 and 2026-08, once their Events were posted
+    assert {r.period for r in harness.ledger.notices("acme")} == {"2026-09", "2026-10", "2026-11"}
+    (kept,) = harness.ledger.notices("initech")
+    assert (kept.id, kept.webhook_state) == (retrying.id, "pending")
+    assert harness.at(1).pruned == 0  # the same period: not run again
+
+    harness.restart()  # a new process prunes on its first pass: nothing left to prune
+    assert harness.at(2).pruned == 0
+
+    # A notice already recorded in a kept period is still recorded once.
+    assert harness.ledger.record_notices([done[-1]]) == []
+
+    # The next period moves the line by one; the dead-lettered delivery then goes too.
+    for t in (10, 100, 1_000):  # initech's attempts 2 to 4: dead
+        harness.at(t)
+    assert harness.ledger.notice(retrying.id).webhook_state == "dead"  # type: ignore[union-attr]
+    december = harness.at((datetime(2026, 12, 1, tzinfo=T0.tzinfo) - T0).total_seconds())
+    assert december.pruned == 2  # acme's 2026-09 and initech's dead 2026-07
+    assert {r.period for r in harness.ledger.notices("acme")} == {"2026-10", "2026-11"}
+    assert harness.ledger.notices("initech") == []
+    assert harness.ledger.delivery_summaries() == {}
+
+
+def test_retention_keeps_at_least_the_previous_period() -> None:
+    with pytest.raises(ValueError, match="retention_periods"):
+        Notifier(None, RecordingPoster(), Secrets(), retention_periods=1)  # type: ignore[arg-type]
