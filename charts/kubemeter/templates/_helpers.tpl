@@ -13,3 +13,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "kubemeter.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
+
+{{/* The exporter's own image (the Dockerfile's `exporter` target: no kopf, kubernetes or
+SQLAlchemy). */}}
+{{- define "kubemeter.exporterImage" -}}
+{{ .Values.image.exporterRepository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}

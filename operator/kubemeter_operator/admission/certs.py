@@ -14,8 +14,9 @@ no caBundle change. A CA within `RENEW_BEFORE` of its end is replaced by a new o
 CA stays in the bundle while it is valid, so replicas still serving a certificate of the old
 CA are trusted until they reload.
 
-Kept in a `kubernetes.io/tls` Secret: `tls.crt`/`tls.key` (the serving pair), `ca.crt` (the
-bundle, newest CA first) and `ca.key`.
+Kept in a Secret: `tls.crt`/`tls.key` (the serving pair), `ca.crt` (the bundle, newest CA
+first) and `ca.key`. One the operator creates is a `kubernetes.io/tls` Secret; the chart
+creates it empty and `Opaque` (so Helm owns it), and the operator keeps that type.
 
 Never log, return or keep key material anywhere but the bundle and the Secret, and never
 issue a certificate without a subjectAltName.

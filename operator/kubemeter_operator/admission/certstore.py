@@ -71,6 +71,9 @@ class WebhookConfigs(Protocol):
 
 
 def _parse(stored: StoredSecret, where: str) -> CertBundle | None:
+    if not stored.data:  # the chart creates it empty: issue the first certificate
+        log.info("admission certificate secret %s is empty: issuing a certificate", where)
+        return None
     try:
         return certs.from_secret_data(stored.data)
     except InputError as exc:

@@ -51,20 +51,27 @@ class KubeSecretStore:
         self._core = kubernetes.client.CoreV1Api(api_client)
         self.namespace, self.name = namespace, name
         self.where = f"{namespace}/{name}"
+        self._seen: dict[str, Any] = {}
+        """Type, labels and annotations of the Secret as last read: a replace keeps them
+        (the chart creates the Secret empty, type Opaque, with Helm's labels; the type of a
+        Secret cannot change)."""
 
     def _body(self, data: Mapping[str, str], resource_version: str = "") -> Any:
         """A plain dict (the client serialises dicts as they are)."""
+        seen = self._seen if resource_version else {}
         meta: dict[str, Any] = {
             "name": self.name,
             "namespace": self.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "kubemeter"},
+            "labels": seen.get("labels") or {"app.kubernetes.io/managed-by": "kubemeter"},
         }
+        if seen.get("annotations"):
+            meta["annotations"] = seen["annotations"]
         if resource_version:
             meta["resourceVersion"] = resource_version
         return {
             "apiVersion": "v1",
             "kind": "Secret",
-            "type": SECRET_TYPE,
+            "type": seen.get("type") or SECRET_TYPE,
             "metadata": meta,
             "data": dict(data),
         }
@@ -80,6 +87,12 @@ class KubeSecretStore:
                 return None
             raise _wrap(f"read secret {self.where}", exc) from exc
         obj = _json(resp)
+        meta = obj.get("metadata") or {}
+        self._seen = {
+            "type": obj.get("type"),
+            "labels": meta.get("labels"),
+            "annotations": meta.get("annotations"),
+        }
         return StoredSecret(
             data={str(k): str(v) for k, v in (obj.get("data") or {}).items()},
             resource_version=str((obj.get("metadata") or {}).get("resourceVersion") or ""),

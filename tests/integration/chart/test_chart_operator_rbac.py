@@ -89,6 +89,11 @@ def test_the_operator_may_stop_gpu_workloads_and_nothing_more(
         ("get", "secrets"),  # only in the token namespaces
     ]:
         assert not can_i(k, op, verb, resource, everywhere), (verb, resource)
+    # Its own namespace: the chart creates the Lease and the certificate Secret, so the
+    # operator creates neither (create cannot be restricted by name).
+    own = op.split(":")[2]
+    for verb, resource in [("create", "secrets"), ("create", "leases.coordination.k8s.io")]:
+        assert not can_i(k, op, verb, resource, "-n", own), (verb, resource)
 
 
 @pytest.mark.parametrize(
