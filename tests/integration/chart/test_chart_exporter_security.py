@@ -4,6 +4,13 @@ for the RBAC, checked against a real kube-apiserver with ``kubectl auth can-i``.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +18,8 @@ import yaml
 
 from support.chart import one, render
 from support.cluster import KubeCluster
+from support.paths import REPO_ROOT
+from support.prometheus import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -140,3 +149,51 @@ def test_exporter_cannot_use_the_api_server(kube_cluster: KubeCluster) -> None:
     finally:
         kube_cluster.kubectl("delete", "-f", "-", "--wait=false", input=manifest)
         kube_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_simulated_gpus_need_no_host_access_and_the_rendered_command_serves_metrics(
+    kube_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    """exporter.simulation (clusters without GPUs, e.g. kind): no hostPath, no hostPID, so
+    a `baseline` namespace admits the pod; the rendered command, run here with the
+    ConfigMap's file, serves the scenario's GPU counters."""
+    docs = render("km", "km-sim", "exporter.simulation.scenarioConfigMap=km-scenario",
+                  "exporter.simulation.speed=10")  # fmt: skip
+    spec = one(docs, "DaemonSet", "km-exporter")["spec"]["template"]["spec"]
+    assert "hostPID" not in spec
+    assert not [v for v in spec["volumes"] if "hostPath" in v]
+    assert {"name": "scenario", "configMap": {"name": "km-scenario"}} in spec["volumes"]
+
+    k, ns = kube_cluster, "km-sim-baseline"
+    k.kubectl("create", "namespace", ns)
+    k.kubectl_ok("label", "--overwrite", "namespace", ns,
+                 "pod-security.kubernetes.io/enforce=baseline")  # fmt: skip
+    try:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sim", "namespace": ns},
+               "spec": {**spec, "serviceAccountName": "default"}}  # fmt: skip
+        k.kubectl_ok("create", "--dry-run=server", "-f", "-", input=json.dumps(pod))
+    finally:
+        k.kubectl("delete", "namespace", ns, "--wait=false")
+
+    (container,) = spec["containers"]
+    scenario = REPO_ROOT / "examples" / "scenarios" / "demo.yaml"
+    port = free_port()
+    args = [a.replace("/etc/kubemeter/scenario/scenario.yaml", str(scenario))
+            .replace(f"0.0.0.0:{container['ports'][0]['containerPort']}", f"127.0.0.1:{port}")
+            for a in container["args"]]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen([str(Path(sys.executable).parent / container["command"][0]), *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        body = ""
+        while time.monotonic() < deadline and "kubemeter_gpu_allocated" not in body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    body = r.read().decode()
+            except OSError:
+                time.sleep(0.3)
+        assert "kubemeter_gpu_allocated_milliseconds_total{" in body, body[-2000:]
+    finally:
+        proc.terminate()
+        proc.wait(10)
