@@ -122,7 +122,11 @@ class ApiModel(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
-        use_attribute_docstrings=True,
+        # Attribute docstrings are field descriptions only in the CRDs (`crdgen`, which reads
+        # them itself): parsing every model's source at import would slow each CLI start.
+        # build each model's validator when first used, not at import: a CLI command that
+        # reads a PricePlan does not pay for the 40 models it never touches
+        defer_build=True,
     )
 
     def to_api(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BeforeValidator,
+    ConfigDict,
     Field,
     TypeAdapter,
     ValidationInfo,
@@ -249,5 +250,8 @@ UsageRecord = Annotated[
     Field(discriminator="kind"),
 ]
 
-USAGE_LIST: TypeAdapter[list[UsageRecord]] = TypeAdapter(list[UsageRecord])
+USAGE_LIST: TypeAdapter[list[UsageRecord]] = TypeAdapter(
+    list[UsageRecord],
+    config=ConfigDict(defer_build=True),  # built on first use
+)
 """Validates a JSON list of usage records (a USAGE.json file or an events API batch)."""

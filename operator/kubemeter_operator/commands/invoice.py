@@ -1,13 +1,13 @@
 """`kubemeter invoice`: a tenant's statement for a period, from the ledger.
 
-    kubemeter invoice TENANT --period YYYY-MM [--db URL] [--format json|csv|table]
+    kubemeter invoice TENANT --period YYYY-MM [--db URL] [-o table|json|yaml|csv]
 
 Prints the finalised statement if the period is closed, else the running statement (the
 period's usage so far rated with the tenant's recorded terms), marked as such. The ledger is
 --db, else $KUBEMETER_DB, else sqlite:///kubemeter-ledger.db in the current directory
 (a file path or a SQLAlchemy URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB).
-CSV has one row per line item (meters, platform fee, discount, late usage of earlier periods
-as `lateUsage:YYYY-MM` rows, total).
+JSON and YAML are exact (amounts as decimal strings). CSV has one row per line item (meters,
+platform fee, discount, late usage of earlier periods as `lateUsage:YYYY-MM` rows, total).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 
 from kubemeter_operator.api.types import format_decimal
 from kubemeter_operator.billing import statements as billing_statements
+from kubemeter_operator.commands import _output as out
+from kubemeter_operator.commands import documented_parser
 from kubemeter_operator.commands.quote import render_table
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
@@ -29,17 +31,15 @@ from kubemeter_operator.usage.periods import Period, PeriodError
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "invoice",
-        help="print a tenant's period statement from the ledger",
-        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = documented_parser(
+        subparsers, "invoice", "print a tenant's period statement from the ledger", __doc__
     )
     parser.add_argument("tenant", metavar="TENANT")
     parser.add_argument("--period", required=True, metavar="YYYY-MM")
     parser.add_argument("--db", metavar="URL", help="ledger URL (default: $KUBEMETER_DB or "
                         "sqlite:///kubemeter-ledger.db)")  # fmt: skip
-    parser.add_argument("--format", choices=("json", "csv", "table"), default="table")
+    out.add_output(parser, choices=("table", "json", "yaml", "csv"), dest="format",
+                   aliases=("--format",))  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -84,10 +84,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("TENANT", "required")
     with Ledger.open(resolve_url(args.db)) as ledger:
         statement, final = billing_statements.statement(ledger, args.tenant, period)
-    if args.format == "json":
+    if args.format in ("json", "yaml"):
         body = json.loads(statement.to_json(indent=None))
-        print(json.dumps({"tenant": args.tenant, "status": "final" if final else "running",
-                          "statement": body}, indent=2))  # fmt: skip
+        out.emit({"tenant": args.tenant, "status": "final" if final else "running",
+                  "statement": body}, args.format)  # fmt: skip
     elif args.format == "csv":
         print(render_csv(statement, args.tenant, final))
     else:

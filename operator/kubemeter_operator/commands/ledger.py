@@ -19,6 +19,7 @@ from typing import Any
 from kubemeter_operator.api.files import load_priceplan, load_usage
 from kubemeter_operator.api.types import parse_decimal
 from kubemeter_operator.billing import statements as billing_statements
+from kubemeter_operator.commands import documented_parser
 from kubemeter_operator.commands.invoice import parse_period
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
@@ -26,11 +27,8 @@ from kubemeter_operator.ledger.engine import resolve_url
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "ledger",
-        help="record usage, terms or a final statement in the ledger",
-        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = documented_parser(
+        subparsers, "ledger", "record usage, terms or a final statement in the ledger", __doc__
     )
     sub = parser.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     rec = sub.add_parser("record", help="record a usage file (idempotent by event id)")

@@ -1,6 +1,6 @@
 """`kubemeter quarantine`: usage metering held back because it broke a physics bound.
 
-    kubemeter quarantine list [--state held|released|discarded|all] [--db URL] [-o json]
+    kubemeter quarantine list [--state held|released|discarded|all] [--db URL] [-o json|yaml]
     kubemeter quarantine release ID [--db URL]
     kubemeter quarantine discard ID [--db URL]
 
@@ -21,6 +21,8 @@ import json
 from typing import Any
 
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage, UsageRecord
+from kubemeter_operator.commands import _output as out
+from kubemeter_operator.commands import documented_parser
 from kubemeter_operator.ledger import Ledger, QuarantineRow
 from kubemeter_operator.ledger.codec import instant, record_json
 from kubemeter_operator.ledger.engine import resolve_url
@@ -30,17 +32,17 @@ SHORT_ID = 16
 
 
 def register(sub: Any) -> None:
-    parser: argparse.ArgumentParser = sub.add_parser(
+    parser = documented_parser(
+        sub,
         "quarantine",
-        help="list, release or discard usage held back by the metering bounds",
-        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "list, release or discard usage held back by the metering bounds",
+        __doc__,
     )
     actions = parser.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
     ls = actions.add_parser("list", help="list quarantined usage (held by default)")
     ls.add_argument("--state", choices=[*STATES, "all"], default="held")
     ls.add_argument("--db", metavar="URL", help="ledger URL")
-    ls.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    out.add_output(ls)
     ls.set_defaults(run=run_list)
     for name, help_, fn in (
         ("release", "bill held usage (as the usage window it would have been)", run_release),
@@ -90,8 +92,8 @@ def run_list(args: argparse.Namespace) -> int:
     state = None if args.state == "all" else args.state
     with Ledger.open(resolve_url(args.db), migrate=False) as ledger:
         rows = ledger.quarantined(state)
-    if args.output == "json":
-        print(json.dumps({"entries": [as_json(r) for r in rows]}, indent=2))
+    if args.output != "table":
+        out.emit({"entries": [as_json(r) for r in rows]}, args.output)
         return 0
     if not rows:
         print(f"no quarantined usage ({args.state})")

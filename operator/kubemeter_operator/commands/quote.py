@@ -1,7 +1,7 @@
 """`kubemeter quote`: price a usage file against a PricePlan offline.
 
     kubemeter quote --plan PLAN.yaml --usage USAGE.json [--tenant TENANT.yaml]
-                    [--period 2026-11] [--format json|table]
+                    [--period 2026-11] [-o json|yaml|table]
 
 PLAN.yaml and TENANT.yaml are full Kubernetes objects (as `kubectl apply` takes them); the
 tenant contributes its discount. USAGE.json is a JSON list of usage records. The default
@@ -17,6 +17,7 @@ counted once; the same id with a different payload is an error. Bad input exits 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,6 +26,8 @@ from typing import Any
 from kubemeter_operator.api.files import load_priceplan, load_tenant, load_usage
 from kubemeter_operator.api.types import format_decimal
 from kubemeter_operator.api.usage import GpuUsage, UsageRecord
+from kubemeter_operator.commands import _output as out
+from kubemeter_operator.commands import documented_parser
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.rating import Statement, rate
 from kubemeter_operator.usage import Period, accumulate
@@ -35,11 +38,11 @@ _MS = timedelta(milliseconds=1)
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
+    parser = documented_parser(
+        subparsers,
         "quote",
-        help="price a usage file against a PricePlan (offline price calculator)",
-        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "price a usage file against a PricePlan (offline price calculator)",
+        __doc__,
     )
     parser.add_argument("--plan", required=True, metavar="PLAN.yaml", help="PricePlan object")
     parser.add_argument(
@@ -49,7 +52,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--period", metavar="YYYY-MM", help="billing period (default: latest usage's period)"
     )
-    parser.add_argument("--format", choices=("json", "table"), default="json")
+    out.add_output(parser, choices=("json", "yaml", "table"), default="json", dest="format",
+                   aliases=("--format",))  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -121,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     statement = rate(plan.spec, totals, period=period, discount_percent=discount)
     if args.format == "table":
         print(render_table(statement, plan=plan.name, tenant=tenant.name if tenant else None))
+    elif args.format == "yaml":
+        out.emit(json.loads(statement.to_json()), "yaml")
     else:
         print(statement.to_json())
     return 0

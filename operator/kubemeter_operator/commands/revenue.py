@@ -1,6 +1,6 @@
 """`kubemeter revenue`: recognised revenue per tenant per UTC day, from the ledger.
 
-    kubemeter revenue --from 2026-11-01 --to 2026-11-30 [--db URL] [--format csv|json]
+    kubemeter revenue --from 2026-11-01 --to 2026-11-30 [--db URL] [-o csv|json|yaml]
                       [--tenant T]
 
 Usage revenue is recognised on the day it was consumed (each statement line allocated over
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from datetime import date
 from typing import Any
@@ -26,6 +25,8 @@ from typing import Any
 from kubemeter_operator.api.types import format_decimal
 from kubemeter_operator.api.usage import FIRST_YEAR, LAST_YEAR
 from kubemeter_operator.billing import statements as billing_statements
+from kubemeter_operator.commands import _output as out
+from kubemeter_operator.commands import documented_parser
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.ledger.engine import resolve_url
@@ -37,17 +38,15 @@ COLUMNS = ("date", "tenant", "period", "status", "currency", "usage", "platformF
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "revenue",
-        help="recognised revenue per tenant per day (CSV or JSON)",
-        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = documented_parser(
+        subparsers, "revenue", "recognised revenue per tenant per day (CSV, JSON or YAML)", __doc__
     )
     parser.add_argument("--from", dest="from_day", required=True, metavar="YYYY-MM-DD")
     parser.add_argument("--to", dest="to_day", required=True, metavar="YYYY-MM-DD")
     parser.add_argument("--tenant", help="only this tenant")
     parser.add_argument("--db", metavar="URL")
-    parser.add_argument("--format", choices=("csv", "json"), default="csv")
+    out.add_output(parser, choices=("csv", "json", "yaml"), default="csv", dest="format",
+                   aliases=("--format",))  # fmt: skip
     parser.set_defaults(run=run)
 
 
@@ -105,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--to", "must not be before --from")
     with Ledger.open(resolve_url(args.db)) as ledger:
         rows = revenue_rows(ledger, from_day, to_day, args.tenant)
-    if args.format == "json":
-        print(json.dumps(rows, indent=2))
+    if args.format in ("json", "yaml"):
+        out.emit(rows, args.format)
     else:
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-        print(out.getvalue(), end="")
+        print(buf.getvalue(), end="")
     return 0

@@ -9,13 +9,13 @@ every other command).
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage
+from kubemeter_operator.commands import _output as out
 from kubemeter_operator.commands.invoice import parse_period
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.ledger.engine import resolve_url
@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--db", metavar="URL", help="ledger URL (default: $KUBEMETER_DB or the local SQLite)"
     )
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    out.add_output(parser)
     parser.set_defaults(run=run)
 
 
@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
     period = parse_period(args.period) if args.period else Period.of(datetime.now(UTC))
     with Ledger.open(resolve_url(args.db), migrate=False) as ledger:
         rows = unassigned_usage(ledger, period)
-    if args.output == "json":
+    if args.output != "table":
         pods = [{k: v for k, v in asdict(r).items() if k != "reason"} for r in rows]
-        print(json.dumps({"period": str(period), "pods": pods}, indent=2))
+        out.emit({"period": str(period), "pods": pods}, args.output)
         return 0
     if not rows:
         print(f"no unassigned usage in {period}")

@@ -1,7 +1,7 @@
 """`kubemeter wallet`: prepaid balances in the ledger.
 
     kubemeter wallet topup TENANT AMOUNT --currency USD --key KEY [--db URL]
-    kubemeter wallet balance TENANT [--db URL] [--format text|json]
+    kubemeter wallet balance TENANT [--db URL] [-o text|json|yaml]
 
 A top-up is idempotent by KEY: running the same command again changes nothing; the same
 KEY with another amount is refused. AMOUNT is a decimal string (e.g. 250.00).
@@ -10,21 +10,19 @@ KEY with another amount is refused. AMOUNT is a decimal string (e.g. 250.00).
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from kubemeter_operator.api.types import format_decimal, parse_decimal
+from kubemeter_operator.commands import _output as out
+from kubemeter_operator.commands import documented_parser
 from kubemeter_operator.errors import InputError
 from kubemeter_operator.ledger import Ledger
 from kubemeter_operator.ledger.engine import resolve_url
 
 
 def register(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "wallet",
-        help="top up or show a tenant's prepaid wallet",
-        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = documented_parser(
+        subparsers, "wallet", "top up or show a tenant's prepaid wallet", __doc__
     )
     sub = parser.add_subparsers(dest="wallet_command", required=True, metavar="ACTION")
     top = sub.add_parser("topup", help="add money to a wallet (idempotent by --key)")
@@ -37,7 +35,8 @@ def register(subparsers: Any) -> None:
     bal = sub.add_parser("balance", help="show a wallet's balance")
     bal.add_argument("tenant", metavar="TENANT")
     bal.add_argument("--db", metavar="URL")
-    bal.add_argument("--format", choices=("text", "json"), default="text")
+    out.add_output(bal, choices=("text", "json", "yaml"), default="text", dest="format",
+                   aliases=("--format",))  # fmt: skip
     bal.set_defaults(run=run_balance)
 
 
@@ -55,11 +54,9 @@ def run_topup(args: argparse.Namespace) -> int:
 def run_balance(args: argparse.Namespace) -> int:
     with Ledger.open(resolve_url(args.db)) as ledger:
         w = ledger.wallet(args.tenant)
-    if args.format == "json":
-        print(json.dumps({"tenant": w.tenant, "currency": w.currency,
-                          "balance": format_decimal(w.balance),
-                          "toppedUp": format_decimal(w.topped_up),
-                          "taken": format_decimal(w.taken)}))  # fmt: skip
+    if args.format in ("json", "yaml"):
+        out.emit({"tenant": w.tenant, "currency": w.currency, "balance": w.balance,
+                  "toppedUp": w.topped_up, "taken": w.taken}, args.format)  # fmt: skip
     else:
         print(f"{w.tenant}: balance {format_decimal(w.balance)} {w.currency or ''}".rstrip())
     return 0

@@ -27,15 +27,28 @@ finds them by involvedObject."""
 COMPONENT = "kubemeter-operator"
 
 
-def load_api_client(kubeconfig: str | None) -> Any:
-    """An ApiClient from a kubeconfig file, or from the in-cluster service account."""
+def load_api_client(kubeconfig: str | None, context: str | None = None) -> Any:
+    """An ApiClient from a kubeconfig file (at `context`, default its current one), or
+    from the in-cluster service account."""
     try:
-        if kubeconfig:
-            return kubernetes.config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        if kubeconfig or context:
+            return kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, persist_config=False
+            )
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         return kubernetes.client.ApiClient()
     except (kubernetes.config.ConfigException, OSError) as exc:
         raise PermanentError(f"cannot load Kubernetes credentials: {exc}") from exc
+
+
+def list_tenants(api_client: Any) -> list[dict[str, Any]]:
+    """The Tenants in the cluster right now (plain dicts, as the API server returns them)."""
+    custom = kubernetes.client.CustomObjectsApi(api_client)
+    try:
+        tenants: Any = custom.list_cluster_custom_object(GROUP, VERSION, "tenants")
+    except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise _wrap("list tenants", exc) from exc
+    return list(tenants["items"])
 
 
 def _wrap(what: str, exc: Exception) -> Exception:

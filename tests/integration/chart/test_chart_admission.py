@@ -56,7 +56,7 @@ def test_failure_policy_is_a_value_and_nothing_else_is_accepted() -> None:
     cfg = one(render("km", "kubemeter", "admission.failurePolicy=Fail"),
               "ValidatingWebhookConfiguration", "km-admission")  # fmt: skip
     assert cfg["webhooks"][0]["failurePolicy"] == "Fail"
-    with pytest.raises(AssertionError, match="/admission/failurePolicy.*'Ignore', 'Fail'"):
+    with pytest.raises(AssertionError, match=r"/admission/failurePolicy.*'Ignore', 'Fail'"):
         render("km", "kubemeter", "admission.failurePolicy=Maybe")
 
 

@@ -55,7 +55,7 @@ def test_four_replicas_starting_together_migrate_once(empty_ledger_url: str) -> 
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for _ in range(4)
     ]
     results = [p.communicate(timeout=120) for p in procs]
