@@ -67,3 +67,16 @@ cluster-down: ## Stop the dev cluster started by `make cluster`
 
 cluster-status: ## Show the dev cluster processes and /readyz
 	$(PYTHON) hack/devcluster.py status --dir $(CLUSTER_DIR)
+
+# ---------------------------------------------------------------------------
+# Images (no Docker): both Dockerfile targets built with buildah on a Debian base made by
+# mmdebstrap, cached in $${KUBEMETER_CACHE:-$$HOME/.cache/kubemeter}/images. Docs: docs/images.md.
+
+.PHONY: image lock
+
+image: system-deps ## Build the operator and exporter images (localhost/kubemeter{,-exporter}:dev)
+	hack/build-image.sh
+
+lock: venv ## Recompile requirements/*.lock (hash-pinned) from pyproject.toml with uv
+	test -x $(VENV)/bin/uv || $(VENV)/bin/pip install -q uv
+	$(VENV)/bin/python hack/lock.py $(LOCK_ARGS)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite and the demo need, when they are missing:
 # PostgreSQL (tests start their own server in a temp dir as a non-root user), Prometheus
-# (tests and the demo start their own server), openssl (dev-cluster certificates), and
-# procps. Idempotent: installs nothing when everything is present.
+# (tests and the demo start their own server), openssl (dev-cluster certificates), procps,
+# and the daemonless image tools of `make image` (hack/build-image.sh): buildah (+ crun, the
+# OCI runtime `buildah run` uses) and mmdebstrap (the Debian base root filesystem).
+# Idempotent: installs nothing when everything is present.
 set -euo pipefail
 
 need=()
@@ -11,6 +13,9 @@ have_pg || need+=(postgresql)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v openssl >/dev/null || need+=(openssl)
 command -v pgrep >/dev/null || need+=(procps)
+command -v buildah >/dev/null || need+=(buildah)
+command -v crun >/dev/null || command -v runc >/dev/null || need+=(crun)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 
 if [[ ${#need[@]} -eq 0 ]]; then
   exit 0

@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from kubemeter_exporter import __version__
 from kubemeter_exporter.cgroups import ProcCgroupReader
 from kubemeter_exporter.clock import Clock, ScaledClock, SystemClock
 from kubemeter_exporter.collector import Collector, SamplerThread, default_cap_s
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-process-metrics", action="store_true", help="do not export per-process gauges"
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
