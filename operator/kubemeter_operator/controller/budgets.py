@@ -49,6 +49,7 @@ from kubemeter_operator.errors import KubemeterError
 from kubemeter_operator.ledger import Ledger, SuspensionRow, WorkloadRow
 from kubemeter_operator.ledger import enforcement as wal
 from kubemeter_operator.status import notices
+from kubemeter_operator.telemetry.metrics import TenantMetrics
 from kubemeter_operator.usage import Period
 from kubemeter_operator.usage.tenancy import TenancyMap
 
@@ -133,8 +134,11 @@ class BudgetStep:
         samples: Callable[[str], Sequence[TotalSample]],
         *,
         concurrency: int = 8,
+        telemetry: TenantMetrics | None = None,
     ) -> None:
         self.ledger = ledger
+        self.telemetry = telemetry
+        """Counts the suspensions started and restored here (`telemetry.contract`)."""
         self.concurrency = concurrency
         """Tenants decided and enforced at once."""
         self.enforcer = enforcer
@@ -280,6 +284,11 @@ class BudgetStep:
         )  # fmt: skip
         result = await self.enforcer.apply(tenant, decision, ctx, active)
         outcome.problems = result.problems
+        if self.telemetry is not None and result.suspension is not None:
+            if active is None and result.suspension.active:
+                self.telemetry.enforced(name, "suspend")
+            elif active is not None and not result.suspension.active:
+                self.telemetry.enforced(name, "restore")
         if result.suspension is not None:
             outcome.enforcement = enforcement_status(result.suspension, result.workloads)
             outcome.suspended_workloads = suspended_workloads(result.suspension, result.workloads)

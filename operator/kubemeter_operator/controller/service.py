@@ -46,7 +46,7 @@ from kubemeter_operator.kube.lease import KubeLeaseStore
 from kubemeter_operator.kube.secrets import kubernetes_secret_reader as secret_reader
 from kubemeter_operator.kube.workloads import KubeWorkloads
 from kubemeter_operator.ledger import Ledger
-from kubemeter_operator.metering.cycle import MeteringConfig, MeteringCycle
+from kubemeter_operator.metering.cycle import CycleResult, MeteringConfig, MeteringCycle
 from kubemeter_operator.metering.exporters import ExporterWatch, start_exporter_watch
 from kubemeter_operator.metering.loop import MeteringLoop
 from kubemeter_operator.metering.metrics import MeteringMetrics
@@ -56,6 +56,7 @@ from kubemeter_operator.metering.prometheus import PrometheusClient
 from kubemeter_operator.notifications.delivery import Notifier, RetryPolicy
 from kubemeter_operator.notifications.metrics import NotificationMetrics
 from kubemeter_operator.status.priceplan import priceplan_status, same_status
+from kubemeter_operator.telemetry.metrics import TenantMetrics
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class OperatorService:
         """The operator's own metrics (registered once per process, whatever start() does)."""
         self.metering_metrics = MeteringMetrics(self.registry)
         self.notification_metrics = NotificationMetrics(self.registry)
+        self.tenant_metrics = TenantMetrics(lambda: dict(self.tenants), self.registry)
+        """Per-tenant metrics: gauges from the watched Tenant status (the same on every
+        replica), counters of what this replica metered and enforced (`telemetry`)."""
         self.started = False
         self._metrics_served = False
         self._stopping = asyncio.Event()
@@ -97,6 +101,7 @@ class OperatorService:
         before = self._token_refs()
         if kind == "DELETED":
             self.tenants.pop(name, None)
+            self.tenant_metrics.forget(name)
             if self.reconciler is not None:
                 self.reconciler.forget(name)
             if self.biller is not None:
@@ -104,9 +109,11 @@ class OperatorService:
         else:
             try:
                 self.tenants[name] = Tenant.model_validate(dict(body))
+                self.tenant_metrics.known(name)
             except ValidationError as exc:  # the CRD schema should have refused it
                 log.error("tenant %s ignored: %s", name, format_validation_error(exc))
                 self.tenants.pop(name, None)
+                self.tenant_metrics.forget(name)
         # Status patches (every cycle) come back as Tenant events too: re-read the token
         # Secrets only when which tenants exist or which Secret they name has changed.
         if self.token_store is not None and self._token_refs() != before:
@@ -198,7 +205,13 @@ class OperatorService:
             exporters=self._exporter_watch.directory if self._exporter_watch else None,
         )
         await self._seed(api_client)
-        self.loop = MeteringLoop(cycle, self._inputs)
+        metrics = self.tenant_metrics
+
+        def metered(result: CycleResult) -> None:  # a window the ledger held already: not again
+            if result.accepted or not result.duplicates:
+                metrics.metered(result.tenants)
+
+        self.loop = MeteringLoop(cycle, self._inputs, on_cycle=metered)
         self.biller = Biller(self.ledger, grace=timedelta(seconds=cfg.period_grace_s))
         self.elector = None if cfg.standalone else self._elector(api_client)
         elector = self.elector
@@ -208,6 +221,7 @@ class OperatorService:
             Enforcer(self.ledger, KubeWorkloads(api_client), cfg.gpu, keda=cfg.keda),
             self.writer,
             reconciler.recent,
+            telemetry=metrics,
         )
         notifier = Notifier(
             self.ledger,
@@ -231,6 +245,7 @@ class OperatorService:
             budgets=budgets,
             notifier=notifier,
         )
+        metrics.set_leading((lambda: elector.leading) if elector is not None else (lambda: True))
         if elector is not None:
             self._tasks.append(asyncio.create_task(elector.run(self._stopping), name="lease"))
         self._tasks.append(asyncio.create_task(self.cycle.run(), name="operator-cycle"))
@@ -340,6 +355,7 @@ class OperatorService:
     async def stop(self) -> None:
         """Stop whatever was started (idempotent; also after a failed start)."""
         self.started = False
+        self.tenant_metrics.set_leading(lambda: False)
         if self._retry is not None and self._retry is not asyncio.current_task():
             self._retry.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
