@@ -24,6 +24,7 @@ from kubemeter_operator.api.priceplan import PricePlanSpec
 from kubemeter_operator.api.usage import UsageRecord
 from kubemeter_operator.ledger import (
     enforcement,
+    events,
     migrations,
     outbox,
     quarantine,
@@ -192,7 +193,7 @@ class Ledger:
     def record_events(self, tenant: str, records: Sequence[UsageRecord]) -> RecordResult:
         """Record usage events, idempotent by event id (all of the batch or nothing)."""
         with self._write_tx("record events") as conn:
-            return usage.record_events(conn, tenant, records, self._clock())
+            return events.record_events(conn, tenant, records, self._clock())
 
     def record_windows(
         self,
