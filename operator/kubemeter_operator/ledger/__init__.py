@@ -49,7 +49,7 @@ from kubemeter_operator.ledger.statements import (
     StatementRecord,
     Terms,
 )
-from kubemeter_operator.ledger.usage import RecordResult, UsageWindow
+from kubemeter_operator.ledger.usage import MeteringCommit, RecordResult, UsageWindow
 from kubemeter_operator.ledger.wallets import Settlement, WalletBalance
 from kubemeter_operator.usage.periods import Period
 from kubemeter_operator.usage.totals import UsageTotals
@@ -60,6 +60,7 @@ __all__ = [
     "Finalised",
     "Ledger",
     "LedgerTx",
+    "MeteringCommit",
     "Notice",
     "OutboxRow",
     "QuarantineEntry",
@@ -212,6 +213,15 @@ class Ledger:
             return usage.record_windows(
                 conn, windows, checkpoints, self._clock(), expect_checkpoints, quarantine
             )
+
+    def record_metering(self, commit: MeteringCommit) -> RecordResult:
+        """Commit one metering window: usage, quarantine and checkpoint in one transaction,
+        if the checkpoint still holds `commit.expect` (else a ConflictError, nothing written)."""
+        with self._write_tx("record metering window") as conn:
+            return usage.record_windows(
+                conn, commit.windows, {commit.name: commit.checkpoint}, self._clock(),
+                {commit.name: commit.expect}, commit.quarantine,
+            )  # fmt: skip
 
     def set_checkpoint(self, name: str, value: Mapping[str, Any]) -> None:
         with self._write_tx("set checkpoint") as conn:

@@ -54,6 +54,22 @@ class UsageWindow:
 
 
 @dataclass(frozen=True)
+class MeteringCommit:
+    """One metering window as the metering cycle commits it: its usage (one UsageWindow per
+    series with usage), the deltas held in quarantine and the new checkpoint, guarded by
+    compare-and-set on the checkpoint the cycle started from (`expect`, None: none yet)."""
+
+    name: str
+    """The checkpoint's name (the metering loop's)."""
+    start: datetime
+    end: datetime
+    windows: Sequence[UsageWindow]
+    checkpoint: Mapping[str, Any]
+    expect: Mapping[str, Any] | None
+    quarantine: Sequence[held.QuarantineEntry] = ()
+
+
+@dataclass(frozen=True)
 class RecordResult:
     accepted: int
     """Keys recorded now."""

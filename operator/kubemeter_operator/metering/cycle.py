@@ -121,7 +121,7 @@ from kubemeter_operator.api.tenant import Tenant
 from kubemeter_operator.api.types import MIG_PROFILE_RE
 from kubemeter_operator.api.usage import GpuUsage, TokenUsage, UsageRecord
 from kubemeter_operator.errors import ConflictError, KubemeterError, TransientError
-from kubemeter_operator.ledger import QuarantineEntry, RecordResult, UsageWindow
+from kubemeter_operator.ledger import MeteringCommit, QuarantineEntry, RecordResult, UsageWindow
 from kubemeter_operator.metering import deltas as dl
 from kubemeter_operator.metering import sources as src
 from kubemeter_operator.metering import trust
@@ -149,14 +149,7 @@ class Ledger(Protocol):
 
     def get_checkpoint(self, name: str) -> dict[str, Any] | None: ...
 
-    def record_windows(
-        self,
-        windows: Sequence[UsageWindow],
-        *,
-        checkpoints: Mapping[str, Mapping[str, Any]] | None = None,
-        expect_checkpoints: Mapping[str, Mapping[str, Any] | None] | None = None,
-        quarantine: Sequence[QuarantineEntry] = (),
-    ) -> RecordResult: ...
+    def record_metering(self, commit: MeteringCommit) -> RecordResult: ...
 
 
 class Prometheus(Protocol):
@@ -505,13 +498,15 @@ class MeteringCycle:
         result.compute_s = t2 - t1
 
         # -- commit usage, quarantine and checkpoint together ---------------------------
-        recorded = self.ledger.record_windows(
-            windows,
-            checkpoints={cfg.checkpoint_name: new_state.dump()},
-            # another replica that committed since we read the checkpoint wins; we reload
-            expect_checkpoints={cfg.checkpoint_name: raw_checkpoint},
-            quarantine=builder.quarantine,
-        )
+        recorded = self.ledger.record_metering(
+            MeteringCommit(
+                cfg.checkpoint_name, window.start, window.end, windows,
+                checkpoint=new_state.dump(),
+                # another replica that committed since we read the checkpoint wins; we reload
+                expect=raw_checkpoint,
+                quarantine=builder.quarantine,
+            )
+        )  # fmt: skip
         result.write_s = time.perf_counter() - t2
         result.accepted, result.duplicates = recorded.accepted, recorded.duplicates
         result.quarantined = list(builder.quarantine)

@@ -401,7 +401,7 @@ class CrashingLedger:
     def get_checkpoint(self, name: str) -> dict[str, Any] | None:
         return self.ledger.get_checkpoint(name)
 
-    def record_windows(self, windows: Any, **_: Any) -> Any:
+    def record_metering(self, commit: Any) -> Any:
         raise KeyboardInterrupt("simulated kill -9 between the Prometheus read and the write")
 
 

@@ -229,23 +229,11 @@ def test_conflict_from_another_replica_reloads_and_continues(ledger: Ledger) -> 
         def get_checkpoint(self, name: str) -> dict[str, Any] | None:
             return ledger.get_checkpoint(name)
 
-        def record_windows(
-            self,
-            windows: Any,
-            *,
-            checkpoints: Any = None,
-            expect_checkpoints: Any = None,
-            quarantine: Any = (),
-        ) -> Any:
+        def record_metering(self, commit: Any) -> Any:
             if not self.raced:
                 self.raced = True  # the other replica commits between our read and write
                 make(ledger, prom).run(TENANTS, PLANS, now=now + timedelta(seconds=15))
-            return ledger.record_windows(
-                windows,
-                checkpoints=checkpoints,
-                expect_checkpoints=expect_checkpoints,
-                quarantine=quarantine,
-            )
+            return ledger.record_metering(commit)
 
     r = make(Racing(), prom).run(TENANTS, PLANS, now=now)
     assert r.replica_conflicts == 1
